@@ -1,0 +1,184 @@
+"""SandboxConfig: every setting of the server, read from the environment and ``.env``.
+
+Each field's description is the documentation: README's settings table and
+``sample.env`` are checked against this model by a test.
+"""
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from omcp_py.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(value: object) -> int:
+    """Turn ``512m``, ``64k``, ``1g`` or a plain byte count into bytes.
+
+    Args:
+        value: an int (bytes) or a string with an optional k/m/g suffix.
+
+    Returns:
+        The size in bytes.
+
+    Raises:
+        ValueError: when the value is not a size.
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 512m, 64k or 1g")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError("must be a size such as 512m, 64k or 1g")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def format_size(size: int) -> str:
+    """Render bytes the way Docker and the settings table write them (``512m``)."""
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class SandboxConfig(BaseSettings):
+    """Settings of one omcp_py server process."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    sandbox_timeout: int = Field(
+        300, ge=1, le=86400, description="Idle seconds before a sandbox expires and is reaped."
+    )
+    max_sandboxes: int = Field(
+        10, ge=1, le=1000, description="Most sandboxes this server keeps at once."
+    )
+    docker_image: str = Field(
+        "python:3.11-slim",
+        min_length=1,
+        description="Image the sandboxes run; it needs python3 on PATH and nothing else.",
+    )
+    sandbox_base_url: str | None = Field(
+        None,
+        description=(
+            "Docker engine URL for the sandboxes (unix:///..., tcp://host:2376, npipe://...); "
+            "unset: DOCKER_HOST, then the platform default."
+        ),
+    )
+    debug: bool = Field(False, description="Log at DEBUG level, overriding LOG_LEVEL.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Level of the log written to stderr."
+    )
+    sandbox_memory: Size = Field(
+        "512m", ge=64 * 1024**2, description="Memory of a sandbox (swap is set equal: none extra)."
+    )
+    sandbox_cpus: float = Field(0.5, gt=0, le=64, description="CPUs a sandbox may use.")
+    sandbox_pids_limit: int = Field(
+        128,
+        ge=16,
+        le=65536,
+        description="Most processes and threads in a sandbox (stops fork bombs).",
+    )
+    sandbox_tmp_size: Size = Field("64m", ge=1024**2, description="Size of the /tmp tmpfs.")
+    sandbox_workdir_size: Size = Field(
+        "64m", ge=1024**2, description="Size of the /sandbox tmpfs, the working directory."
+    )
+    sandbox_home_size: Size = Field(
+        "16m", ge=1024**2, description="Size of the HOME tmpfs (/home/sandbox)."
+    )
+    sandbox_shm_size: Size = Field("64m", ge=1024**2, description="Size of /dev/shm.")
+    execution_timeout: int = Field(
+        30, ge=1, le=86400, description="Default seconds an execution may run before it is killed."
+    )
+    max_execution_timeout: int = Field(
+        600, ge=1, le=86400, description="Largest timeout a caller may ask for, in seconds."
+    )
+    output_limit: Size = Field(
+        "1m",
+        ge=1024,
+        le=64 * 1024**2,
+        description="Bytes kept of each of stdout and stderr (head and tail; the middle is cut).",
+    )
+    max_code_size: Size = Field(
+        "1m", ge=1024, le=64 * 1024**2, description="Largest code accepted, in UTF-8 bytes."
+    )
+    reaper_interval: int = Field(
+        10, ge=1, le=3600, description="Seconds between sweeps for idle and orphaned sandboxes."
+    )
+    docker_timeout: int = Field(
+        30, ge=1, le=600, description="Seconds to wait for one Docker API call."
+    )
+
+    @model_validator(mode="after")
+    def _tmpfs_fits_in_memory(self) -> "SandboxConfig":
+        # tmpfs pages are charged to the sandbox's memory cgroup: if the mounts could
+        # hold more than half the memory, a full disk would look like an OOM kill.
+        total = (
+            self.sandbox_tmp_size
+            + self.sandbox_workdir_size
+            + self.sandbox_home_size
+            + self.sandbox_shm_size
+        )
+        if total > self.sandbox_memory // 2:
+            raise ValueError(
+                f"SANDBOX_TMP_SIZE + SANDBOX_WORKDIR_SIZE + SANDBOX_HOME_SIZE + SANDBOX_SHM_SIZE "
+                f"= {format_size(total)} must be at most half of "
+                f"SANDBOX_MEMORY={format_size(self.sandbox_memory)}"
+            )
+        if self.execution_timeout > self.max_execution_timeout:
+            raise ValueError(
+                f"EXECUTION_TIMEOUT={self.execution_timeout} must not exceed "
+                f"MAX_EXECUTION_TIMEOUT={self.max_execution_timeout}"
+            )
+        return self
+
+    @property
+    def effective_log_level(self) -> str:
+        """The log level after DEBUG is applied."""
+        return "DEBUG" if self.debug else self.log_level
+
+
+def load_config() -> SandboxConfig:
+    """Read the settings from the environment and ``.env``.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: one line per invalid setting, naming the variable, the value
+            and what is allowed.
+    """
+    try:
+        return SandboxConfig()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    fields = SandboxConfig.model_fields
+    lines = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        message = err["msg"].removeprefix("Value error, ")
+        if name in fields:
+            allowed = fields[name].description or ""
+            lines.append(
+                f"invalid setting {name.upper()}={err.get('input')!r}: {message} "
+                f"({name.upper()}: {allowed})"
+            )
+        else:
+            lines.append(f"invalid settings: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""The connection to the Docker engine: made on first use, remade after a failure.
+
+The docker SDK is imported here, lazily, so that importing omcp_py (and starting
+the server) costs nothing when Docker is slow or absent.
+"""
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from omcp_py.errors import DockerUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "unix:///var/run/docker.sock"
+
+
+class Engine:
+    """A lazily connected ``docker.DockerClient`` that reconnects after failures."""
+
+    def __init__(self, base_url: str | None, timeout: int) -> None:
+        """Prepare the connection; nothing is contacted yet.
+
+        Args:
+            base_url: engine URL (SANDBOX_BASE_URL); None means DOCKER_HOST or the default.
+            timeout: seconds for one API call.
+        """
+        self._base_url = base_url
+        self._timeout = timeout
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The engine address this server talks to, for messages."""
+        return self._base_url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
+
+    def unreachable(self, reason: object = None) -> DockerUnavailable:
+        """The error every tool gives while the engine cannot be reached."""
+        detail = f" ({reason})" if reason else ""
+        return DockerUnavailable(
+            f"Docker engine not reachable at {self.url}{detail}: start Docker, "
+            f"or set DOCKER_HOST (or SANDBOX_BASE_URL) to the engine's socket."
+        )
+
+    def client(self) -> Any:
+        """The connected client, connecting first if needed (blocking).
+
+        Raises:
+            DockerUnavailable: the engine does not answer.
+        """
+        with self._lock:
+            if self._client is None:
+                import docker
+
+                try:
+                    if self._base_url:
+                        client = docker.DockerClient(
+                            base_url=self._base_url, version="auto", timeout=self._timeout
+                        )
+                    else:
+                        client = docker.from_env(version="auto", timeout=self._timeout)
+                except docker.errors.DockerException as exc:
+                    raise self.unreachable(_short(exc)) from None
+                log.info("connected to the Docker engine at %s", self.url)
+                self._client = client
+            return self._client
+
+    def reset(self) -> None:
+        """Forget the connection so the next call connects again."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):  # a dead connection may fail to close
+                client.close()
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn connection failures into DockerUnavailable and drop the dead client."""
+        import requests
+
+        try:
+            yield
+        except (requests.exceptions.ConnectionError, ConnectionError) as exc:
+            self.reset()
+            raise self.unreachable(_short(exc)) from None
+        except requests.exceptions.Timeout:
+            self.reset()
+            raise DockerUnavailable(
+                f"Docker engine at {self.url} did not answer within DOCKER_TIMEOUT: "
+                f"check that it is healthy (docker info), then try again."
+            ) from None
+
+    def close(self) -> None:
+        """Close the connection, if any."""
+        self.reset()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,38 @@
+"""Failures of the server's own job, each with a message that says what to do next.
+
+The server turns every :class:`OmcpError` into an MCP tool error (``isError``).
+Code that the user runs and that fails is not an error here: it is a normal
+execution result with ``success: false``.
+"""
+
+
+class OmcpError(Exception):
+    """Base class: an infrastructure failure the model can read and act on."""
+
+
+class ConfigError(OmcpError):
+    """A setting has a value that is not allowed."""
+
+
+class DockerUnavailable(OmcpError):
+    """The Docker engine cannot be reached or refused the request."""
+
+
+class SandboxNotFound(OmcpError):
+    """No sandbox of this server has that id (or it has stopped)."""
+
+
+class SandboxLimitReached(OmcpError):
+    """Creating one more sandbox would exceed MAX_SANDBOXES."""
+
+
+class SandboxStillActive(OmcpError):
+    """A sandbox used within its idle timeout was asked to be removed without force."""
+
+
+class SandboxCreateFailed(OmcpError):
+    """The engine could not create or start the sandbox container."""
+
+
+class InvalidArgument(OmcpError):
+    """A tool argument is outside what the server accepts."""

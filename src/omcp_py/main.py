@@ -1,0 +1,260 @@
+"""The omcp_py MCP server: tools that give an assistant isolated Python sandboxes.
+
+The tools are thin: they validate through their signatures, call the one
+SandboxManager built in the server's lifespan, and return pydantic models. This
+module knows MCP and nothing about Docker.
+"""
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer  # MCPServer: mcp 2.x's successor to FastMCP
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from omcp_py import __version__
+from omcp_py.config import SandboxConfig, load_config
+from omcp_py.errors import ConfigError, OmcpError
+from omcp_py.models import (
+    CreateSandboxResult,
+    ExecutionResult,
+    ListSandboxesResult,
+    RemoveSandboxResult,
+)
+from omcp_py.sandbox_manager import SandboxManager
+
+log = logging.getLogger("omcp_py")
+
+INSTRUCTIONS = (
+    "Run Python in isolated sandboxes: create_sandbox, then execute_python_code as often as "
+    "needed (files in /sandbox persist between runs of the same sandbox), then remove_sandbox. "
+    "Sandboxes have no network, limited memory and CPU, and expire when idle."
+)
+
+SandboxId = Annotated[
+    str, Field(description="Id returned by create_sandbox.", min_length=1, max_length=256)
+]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def tool_errors(fn: F) -> F:
+    """Report the manager's failures as tool errors (isError) with their own message."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except OmcpError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _manager(ctx: Context) -> SandboxManager:
+    return ctx.request_context.lifespan_context
+
+
+def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = None) -> MCPServer:
+    """Build the MCP server with its tools; nothing runs until it is served.
+
+    Args:
+        config: the settings; defaults and bounds in the tool schemas come from it.
+        cleaned_up: set once the lifespan has removed this server's sandboxes.
+
+    Returns:
+        The server, ready for ``run_stdio_async``.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[SandboxManager]:
+        manager = SandboxManager(config)
+        try:
+            async with manager.running():
+                yield manager
+        finally:
+            if cleaned_up is not None:
+                cleaned_up.set()
+
+    server = MCPServer(
+        "omcp_py",
+        title="Python sandboxes",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        log_level=config.effective_log_level,  # type: ignore[arg-type]
+        debug=config.debug,
+    )
+
+    @server.tool(
+        title="Create a Python sandbox",
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=False,
+        ),
+    )
+    @tool_errors
+    async def create_sandbox(
+        ctx: Context,
+        timeout: Annotated[
+            int, Field(ge=1, le=86400, description="Idle seconds before the sandbox is removed.")
+        ] = config.sandbox_timeout,
+    ) -> CreateSandboxResult:
+        """Create an isolated Python sandbox (no network, limited memory and CPU); returns its id.
+
+        Args:
+            timeout: idle seconds after which the sandbox and its files are removed.
+        """
+        return await _manager(ctx).create(timeout)
+
+    @server.tool(
+        title="List sandboxes",
+        annotations=ToolAnnotations(
+            read_only_hint=True,
+            destructive_hint=False,
+            idempotent_hint=True,
+            open_world_hint=False,
+        ),
+    )
+    @tool_errors
+    async def list_sandboxes(
+        ctx: Context,
+        include_inactive: Annotated[
+            bool, Field(description="Also list sandboxes idle past their timeout.")
+        ] = False,
+    ) -> ListSandboxesResult:
+        """List this server's sandboxes with their status and idle time.
+
+        Args:
+            include_inactive: also list sandboxes idle past their timeout (about to be removed).
+        """
+        return await _manager(ctx).list(include_inactive)
+
+    @server.tool(
+        title="Remove a sandbox",
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=True,
+            idempotent_hint=True,
+            open_world_hint=False,
+        ),
+    )
+    @tool_errors
+    async def remove_sandbox(
+        ctx: Context,
+        sandbox_id: SandboxId,
+        force: Annotated[
+            bool, Field(description="Remove it even if it was used within its timeout.")
+        ] = False,
+    ) -> RemoveSandboxResult:
+        """Remove a sandbox and every file in it.
+
+        Args:
+            sandbox_id: the sandbox to remove.
+            force: remove it even if it is still active (used within its timeout, or running).
+        """
+        return await _manager(ctx).remove(sandbox_id, force)
+
+    @server.tool(
+        title="Run Python code",
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=False,
+        ),
+    )
+    @tool_errors
+    async def execute_python_code(
+        ctx: Context,
+        sandbox_id: SandboxId,
+        code: Annotated[str, Field(description="Python source to run, as a script.")],
+        timeout: Annotated[
+            int,
+            Field(
+                ge=1,
+                le=config.max_execution_timeout,
+                description="Seconds before the run and every process it started are killed.",
+            ),
+        ] = config.execution_timeout,
+    ) -> ExecutionResult:
+        """Run Python code in a sandbox as a fresh process; returns stdout, stderr and exit code.
+
+        Files written under /sandbox (the working directory) stay for the next run.
+        Code that raises is a normal result with success false and the traceback in error.
+
+        Args:
+            sandbox_id: the sandbox to run in.
+            code: Python source, run like `python -c`.
+            timeout: seconds before the run is killed.
+        """
+        return await _manager(ctx).execute(sandbox_id, code, timeout)
+
+    return server
+
+
+def configure_logging(level: str) -> None:
+    """Send every log record to stderr: stdout carries the protocol and nothing else."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    if level != "DEBUG":
+        for noisy in ("urllib3", "docker", "mcp", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def serve(server: MCPServer, cleaned_up: threading.Event) -> None:
+    """Serve over stdio until stdin closes, or SIGTERM/SIGINT arrives.
+
+    Args:
+        server: from :func:`create_server`, built with the same ``cleaned_up``.
+        cleaned_up: set by the server's lifespan once its sandboxes are removed.
+    """
+    async with anyio.create_task_group() as tg:
+        if sys.platform != "win32":
+            tg.start_soon(_stop_on_signal, tg.cancel_scope, cleaned_up)
+        await server.run_stdio_async()
+        tg.cancel_scope.cancel()
+
+
+async def _stop_on_signal(scope: anyio.CancelScope, cleaned_up: threading.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s received: removing this server's sandboxes", signal.Signals(signum).name)
+            break
+    scope.cancel()  # unwinds the lifespan, whose exit removes the sandboxes
+    with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+        while not cleaned_up.is_set():
+            await anyio.sleep(0.05)
+    # The SDK's stdin reader is a thread blocked in read(): it cannot be
+    # cancelled and would keep the process alive until the client closes stdin.
+    logging.shutdown()
+    os._exit(0)
+
+
+def main() -> None:
+    """Console entry point (``omcp_py``, ``omcp-py``, ``python -m omcp_py``)."""
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"omcp_py: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(config.effective_log_level)
+    cleaned_up = threading.Event()
+    server = create_server(config, cleaned_up)
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during cleanup
+        anyio.run(serve, server, cleaned_up)

@@ -1,0 +1,495 @@
+"""SandboxManager: the life of every sandbox of this server, and the only Docker caller.
+
+The engine is the source of truth for which sandboxes exist (labels mark ours);
+the dict kept here is a cache of what the engine does not store (last use, a
+lock per sandbox) and is reconciled with the engine whenever it matters.
+Bookkeeping happens on the event loop; every blocking Docker call runs in a
+worker thread, under a limiter, so a slow sandbox never stalls the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from omcp_py import ownership
+from omcp_py.config import SandboxConfig, format_size
+from omcp_py.engine import Engine
+from omcp_py.errors import (
+    InvalidArgument,
+    SandboxCreateFailed,
+    SandboxLimitReached,
+    SandboxNotFound,
+    SandboxStillActive,
+)
+from omcp_py.hardening import sandbox_run_kwargs
+from omcp_py.models import (
+    CreateSandboxResult,
+    ExecutionResult,
+    ListSandboxesResult,
+    RemoveSandboxResult,
+    SandboxInfo,
+)
+from omcp_py.ownership import Owner
+from omcp_py.runner.client import ExecStreamClosed, RawExecution, run_code
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Sandbox:
+    """What the server remembers of one of its sandboxes."""
+
+    id: str
+    container_id: str
+    created: float
+    timeout: int
+    last_used: float = 0.0
+    busy: bool = False
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    def idle_seconds(self, now: float) -> float:
+        return 0.0 if self.busy else max(0.0, now - self.last_used)
+
+    def expired(self, now: float) -> bool:
+        return not self.busy and self.idle_seconds(now) >= self.timeout
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """A sandbox container as the engine lists it."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    running: bool
+
+
+class SandboxManager:
+    """Creates, runs code in, lists and removes the sandboxes of one server."""
+
+    def __init__(self, config: SandboxConfig, owner: Owner | None = None) -> None:
+        """Prepare the manager; nothing touches Docker until it is used.
+
+        Args:
+            config: the server's settings.
+            owner: this server's identity on its containers (default: this process).
+        """
+        self.config = config
+        self.owner = owner or Owner.current()
+        self.engine = Engine(config.sandbox_base_url, config.docker_timeout)
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._pending = 0
+        self._closing = False
+        self._exec_limiter: anyio.CapacityLimiter | None = None
+        self._control_limiter: anyio.CapacityLimiter | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SandboxManager]:
+        """Run the reaper while the server runs; remove our sandboxes at the end.
+
+        Yields:
+            This manager.
+        """
+        # One thread per sandbox can sit in a long execution; control calls
+        # (create, list, remove) have their own threads so they never queue behind it.
+        self._exec_limiter = anyio.CapacityLimiter(self.config.max_sandboxes + 2)
+        self._control_limiter = anyio.CapacityLimiter(8)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reaper)
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Remove every sandbox this server owns (on the engine, not only in the cache)."""
+        self._closing = True
+        self._sandboxes.clear()
+        try:
+            containers = await self._control(
+                self._list_containers, {ownership.OWNER: self.owner.instance}
+            )
+        except Exception as exc:  # the engine may be gone at exit; say so and leave
+            log.warning("could not remove this server's sandboxes at exit: %s", exc)
+            return
+        async with anyio.create_task_group() as tg:
+            for container in containers:
+                tg.start_soon(self._control, self._remove_container, container.id)
+        log.info("removed %d sandbox(es) at exit", len(containers))
+        self.engine.close()
+
+    async def _reaper(self) -> None:
+        while True:
+            try:
+                await self.reap()
+            except Exception as exc:  # a sweep that fails is retried at the next one
+                log.debug("reaper sweep failed: %s", exc)
+            await anyio.sleep(self.config.reaper_interval)
+
+    async def reap(self) -> None:
+        """Remove our sandboxes idle past their timeout, and orphans of dead servers."""
+        await self._reconcile()
+        now = time.time()
+        for sandbox in [s for s in self._sandboxes.values() if s.expired(now)]:
+            self._sandboxes.pop(sandbox.id, None)
+            log.info("sandbox %s idle for %.0f s: removing it", sandbox.id, now - sandbox.last_used)
+            await self._control(self._remove_container, sandbox.container_id)
+        orphans = await self._control(self._orphans)
+        for container in orphans:
+            log.info("removing orphan sandbox %s of a server that is gone", container.name)
+            await self._control(self._remove_container, container.id)
+
+    # -- tools -------------------------------------------------------------------------
+
+    async def create(self, timeout: int) -> CreateSandboxResult:
+        """Create and start a hardened sandbox.
+
+        Args:
+            timeout: idle seconds before the sandbox expires.
+
+        Returns:
+            The new sandbox's id and timestamps.
+
+        Raises:
+            SandboxLimitReached: MAX_SANDBOXES sandboxes exist already.
+            SandboxCreateFailed: the engine could not create or start it.
+            DockerUnavailable: the engine cannot be reached.
+        """
+        if self._full():
+            await self._reconcile()  # sandboxes removed behind our back free their slots
+        if self._full():
+            raise SandboxLimitReached(
+                f"Maximum number of sandboxes reached ({self.config.max_sandboxes}): remove one "
+                f"with remove_sandbox (list_sandboxes shows them), or raise MAX_SANDBOXES."
+            )
+        self._pending += 1  # no await between the check above and this reservation
+        try:
+            sandbox = await self._control(self._create_container, timeout)
+        finally:
+            self._pending -= 1
+        self._sandboxes[sandbox.id] = sandbox
+        log.info("created sandbox %s (timeout %d s)", sandbox.id, timeout)
+        return CreateSandboxResult(
+            success=True,
+            sandbox_id=sandbox.id,
+            created_at=_iso(sandbox.created),
+            last_used=_iso(sandbox.last_used),
+            timeout=sandbox.timeout,
+        )
+
+    async def list(self, include_inactive: bool = False) -> ListSandboxesResult:
+        """List this server's sandboxes, as the engine has them.
+
+        Args:
+            include_inactive: also list sandboxes idle past their timeout.
+
+        Returns:
+            The sandboxes, oldest first.
+
+        Raises:
+            DockerUnavailable: the engine cannot be reached.
+        """
+        await self._reconcile()
+        now = time.time()
+        items = []
+        for sandbox in sorted(self._sandboxes.values(), key=lambda s: s.created):
+            expired = sandbox.expired(now)
+            if expired and not include_inactive:
+                continue
+            items.append(
+                SandboxInfo(
+                    id=sandbox.id,
+                    created_at=_iso(sandbox.created),
+                    last_used=_iso(sandbox.last_used),
+                    status="busy" if sandbox.busy else "idle" if expired else "active",
+                    idle_seconds=round(sandbox.idle_seconds(now), 1),
+                    timeout=sandbox.timeout,
+                )
+            )
+        return ListSandboxesResult(success=True, sandboxes=items, count=len(items))
+
+    async def remove(self, sandbox_id: str, force: bool = False) -> RemoveSandboxResult:
+        """Remove a sandbox and everything in it.
+
+        Args:
+            sandbox_id: the sandbox to remove.
+            force: remove it even if it was used within its timeout (or is running code).
+
+        Returns:
+            What was done.
+
+        Raises:
+            SandboxNotFound: no sandbox of this server has that id.
+            SandboxStillActive: it is in use and force is False.
+            DockerUnavailable: the engine cannot be reached.
+        """
+        sandbox = self._get(sandbox_id)
+        if not force and not sandbox.expired(time.time()):
+            raise SandboxStillActive(
+                f"Sandbox {sandbox_id} is still active. Use force=True to remove it."
+            )
+        self._sandboxes.pop(sandbox_id, None)
+        existed = await self._control(self._remove_container, sandbox.container_id)
+        if not existed:
+            return RemoveSandboxResult(
+                success=True,
+                message=f"Sandbox {sandbox_id} was already gone (removed outside omcp_py).",
+            )
+        log.info("removed sandbox %s", sandbox_id)
+        return RemoveSandboxResult(success=True, message=f"Sandbox {sandbox_id} removed.")
+
+    async def execute(self, sandbox_id: str, code: str, timeout: int) -> ExecutionResult:
+        """Run Python code in a sandbox, in a fresh process.
+
+        Args:
+            sandbox_id: the sandbox to run in.
+            code: Python source.
+            timeout: seconds before every process of the run is killed.
+
+        Returns:
+            The outcome; code that raises or exits non-zero is a normal result.
+
+        Raises:
+            SandboxNotFound: no such sandbox, or it stopped or was removed.
+            InvalidArgument: the code is too large or cannot be encoded.
+            DockerUnavailable: the engine cannot be reached.
+        """
+        sandbox = self._get(sandbox_id)
+        payload = self._encode(code)
+        if not 1 <= timeout <= self.config.max_execution_timeout:
+            raise InvalidArgument(
+                f"timeout={timeout} is out of range: use 1 to {self.config.max_execution_timeout} "
+                f"seconds (MAX_EXECUTION_TIMEOUT)."
+            )
+        # One execution at a time per sandbox: cleaning up after a run kills every
+        # process of the sandbox's user, so two runs must not share a sandbox.
+        async with sandbox.lock:
+            sandbox.busy = True
+            try:
+                raw = await self._run(
+                    self._exec_limiter, self._execute_in, sandbox, payload, timeout
+                )
+            except SandboxNotFound:
+                self._sandboxes.pop(sandbox_id, None)
+                raise
+            finally:
+                sandbox.busy = False
+                sandbox.last_used = time.time()
+        return self._result(raw, timeout)
+
+    # -- helpers on the event loop -----------------------------------------------------
+
+    def _full(self) -> bool:
+        return len(self._sandboxes) + self._pending >= self.config.max_sandboxes
+
+    def _get(self, sandbox_id: str) -> Sandbox:
+        sandbox = self._sandboxes.get(sandbox_id) if _ID.match(sandbox_id) else None
+        if sandbox is None:
+            shown = sandbox_id if len(sandbox_id) <= 64 else sandbox_id[:64] + "..."
+            raise SandboxNotFound(
+                f"No sandbox {shown!r} on this server: create one with create_sandbox, "
+                f"or call list_sandboxes for the ids that exist."
+            )
+        return sandbox
+
+    def _encode(self, code: str) -> bytes:
+        position = code.find("\x00")
+        if position >= 0:
+            raise InvalidArgument(
+                f"code contains a NUL byte at character {position}: remove it and send text only."
+            )
+        try:
+            payload = code.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(
+                f"code is not valid Unicode text (a lone surrogate at character {exc.start}): "
+                f"send UTF-8 text."
+            ) from None
+        if len(payload) > self.config.max_code_size:
+            raise InvalidArgument(
+                f"code is {len(payload):,} bytes; the limit is {self.config.max_code_size:,} "
+                f"(MAX_CODE_SIZE): send less, or write data to a file in a few steps."
+            )
+        return payload
+
+    def _result(self, raw: RawExecution, timeout: int) -> ExecutionResult:
+        notices = []
+        if raw.timed_out:
+            notices.append(
+                f"Execution timed out after {timeout} s: every process it started was killed. "
+                f"The sandbox is still usable; pass a larger timeout for longer work."
+            )
+        if raw.oom_killed:
+            notices.append(
+                f"A process was killed because the sandbox ran out of memory "
+                f"(SANDBOX_MEMORY={format_size(self.config.sandbox_memory)})."
+            )
+        if raw.supervisor_lost:
+            notices.append(
+                "The execution's supervisor was killed (by the code itself?); every process "
+                "the code started was killed."
+            )
+        error = raw.stderr
+        if notices:
+            error = (error.rstrip("\n") + "\n" if error else "") + "\n".join(
+                f"[omcp_py] {n}" for n in notices
+            )
+        return ExecutionResult(
+            success=raw.exit_code == 0 and not raw.timed_out,
+            output=raw.stdout,
+            error=error or None,
+            exit_code=raw.exit_code,
+            timed_out=raw.timed_out,
+            duration_ms=raw.duration_ms,
+            truncated=raw.truncated,
+        )
+
+    async def _reconcile(self) -> None:
+        """Make the cache agree with the engine: drop what stopped or vanished."""
+        containers = await self._control(
+            self._list_containers, {ownership.OWNER: self.owner.instance}
+        )
+        running = {}
+        for container in containers:
+            if container.running:
+                running[container.labels.get(ownership.SANDBOX_ID)] = container
+            else:
+                log.info("sandbox container %s has stopped: removing it", container.name)
+                await self._control(self._remove_container, container.id)
+        for sandbox_id in list(self._sandboxes):
+            if sandbox_id not in running:
+                log.info("sandbox %s vanished from the engine: forgetting it", sandbox_id)
+                self._sandboxes.pop(sandbox_id, None)
+
+    async def _control(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._run(self._control_limiter, fn, *args)
+
+    async def _run(self, limiter: Any, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
+
+    # -- blocking Docker calls (worker threads) ----------------------------------------
+
+    def _create_container(self, timeout: int) -> Sandbox:
+        import docker
+
+        client = self.engine.client()
+        now = time.time()
+        sandbox_id = _new_id()
+        labels = self.owner.labels() | {
+            ownership.SANDBOX_ID: sandbox_id,
+            ownership.CREATED: _iso(now),
+            ownership.TIMEOUT: str(timeout),
+        }
+        kwargs = sandbox_run_kwargs(self.config, labels)
+        with self.engine.errors():
+            try:
+                container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
+            except docker.errors.ImageNotFound:
+                raise SandboxCreateFailed(
+                    f"Docker image {self.config.docker_image!r} is not on the engine: run "
+                    f"`docker pull {self.config.docker_image}`, or set DOCKER_IMAGE to an image "
+                    f"that is present."
+                ) from None
+            except docker.errors.APIError as exc:
+                raise SandboxCreateFailed(
+                    f"The engine refused to create the sandbox: {exc.explanation or exc}"
+                ) from None
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                self._remove_container(container.id)
+                raise SandboxCreateFailed(
+                    f"The sandbox container did not start: {exc.explanation or exc}. "
+                    f"DOCKER_IMAGE must have python3 on PATH."
+                ) from None
+        if self._closing:  # the server shut down while this call was in flight
+            self._remove_container(container.id)
+            raise SandboxCreateFailed("The server is shutting down.")
+        return Sandbox(
+            id=sandbox_id, container_id=container.id, created=now, timeout=timeout, last_used=now
+        )
+
+    def _remove_container(self, container_id: str) -> bool:
+        """Force-remove a container; False when it was already gone."""
+        import docker
+
+        client = self.engine.client()
+        with self.engine.errors():
+            try:
+                client.api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # removal already in progress
+                    return True
+                raise
+        return True
+
+    def _list_containers(self, labels: dict[str, str]) -> list[ContainerRecord]:
+        client = self.engine.client()
+        filters = {"label": [f"{ownership.MANAGED_BY}=omcp_py"]}
+        filters["label"] += [f"{key}={value}" for key, value in labels.items()]
+        with self.engine.errors():
+            rows = client.api.containers(all=True, filters=filters)
+        return [
+            ContainerRecord(
+                id=row["Id"],
+                name=(row.get("Names") or ["?"])[0].lstrip("/"),
+                labels=row.get("Labels") or {},
+                running=row.get("State") == "running",
+            )
+            for row in rows
+        ]
+
+    def _orphans(self) -> list[ContainerRecord]:
+        return [c for c in self._list_containers({}) if self.owner.is_orphan(c.labels)]
+
+    def _execute_in(self, sandbox: Sandbox, payload: bytes, timeout: int) -> RawExecution:
+        import docker
+
+        client = self.engine.client()
+        gone = SandboxNotFound(
+            f"Sandbox {sandbox.id} has stopped or was removed outside omcp_py: "
+            f"create a new one with create_sandbox."
+        )
+        with self.engine.errors():
+            try:
+                return run_code(
+                    client.api, sandbox.container_id, payload, timeout, self.config.output_limit
+                )
+            except (docker.errors.NotFound, ExecStreamClosed):
+                self._remove_container(sandbox.container_id)
+                raise gone from None
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # the container is not running
+                    self._remove_container(sandbox.container_id)
+                    raise gone from None
+                raise
+
+
+def _new_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]

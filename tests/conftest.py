@@ -1,0 +1,171 @@
+"""Shared test machinery: the real server over stdio, through the real MCP client,
+against the real Docker engine (the CI script starts it)."""
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import docker
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+IMAGE = "python:3.11-slim"
+MARKER_VAR = "OMCP_TEST_MARKER"
+
+
+class ToolFailed(Exception):
+    """A tool answered with isError; the text is the message the model would read."""
+
+
+class Server:
+    """A running omcp_py server and a client session to it."""
+
+    def __init__(self, session: ClientSession, marker: str) -> None:
+        self.session = session
+        self.marker = marker
+
+    async def call(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Call a tool; its structured result, or ToolFailed with the error text."""
+        result = await self.session.call_tool(name, args or {})
+        if result.is_error:
+            raise ToolFailed(result.content[0].text)
+        assert result.structured_content is not None, result
+        return result.structured_content
+
+    async def error(self, name: str, args: dict[str, Any] | None = None) -> str:
+        """Call a tool that must fail; the error text."""
+        result = await self.session.call_tool(name, args or {})
+        assert result.is_error, f"{name} should have failed: {result.structured_content}"
+        return result.content[0].text
+
+    async def create(self, **args: Any) -> str:
+        return (await self.call("create_sandbox", args))["sandbox_id"]
+
+    async def run(self, sandbox_id: str, code: str, timeout: int = 30) -> dict[str, Any]:
+        return await self.call(
+            "execute_python_code", {"sandbox_id": sandbox_id, "code": code, "timeout": timeout}
+        )
+
+    @property
+    def pid(self) -> int:
+        """The server process's pid, found by the marker in its environment."""
+        return server_pid(self.marker)
+
+
+def server_pid(marker: str) -> int:
+    needle = f"{MARKER_VAR}={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            return int(entry.name)
+    raise LookupError(f"no server process with marker {marker}")
+
+
+def server_params(
+    env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[StdioServerParameters, str]:
+    marker = uuid.uuid4().hex
+    full_env = {"LOG_LEVEL": "WARNING", MARKER_VAR: marker}
+    if "DOCKER_HOST" in os.environ:
+        full_env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    full_env.update(env or {})
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "omcp_py"], env=full_env, cwd=cwd
+    )
+    return params, marker
+
+
+@asynccontextmanager
+async def start_server(
+    env: dict[str, str] | None = None, cwd: Path | None = None, errlog: Any = None
+) -> AsyncIterator[Server]:
+    """Start ``python -m omcp_py`` over stdio and initialize a session."""
+    params, marker = server_params(env, cwd)
+    async with (
+        stdio_client(params, errlog=errlog or sys.stderr) as (read, write),
+        ClientSession(read, write, read_timeout_seconds=300) as session,
+    ):
+        await session.initialize()
+        yield Server(session, marker)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    client = docker.from_env(version="auto")
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{IMAGE} is missing: run ../shared/docker/base-image.sh")
+    return client
+
+
+@pytest.fixture
+async def server(docker_client: docker.DockerClient, tmp_path: Path) -> AsyncIterator[Server]:
+    async with start_server(cwd=tmp_path) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def sandbox(server: Server) -> str:
+    return await server.create()
+
+
+def container_of(client: docker.DockerClient, sandbox_id: str) -> Any:
+    """The container behind a sandbox id (found by label, as the server does)."""
+    found = client.containers.list(all=True, filters={"label": f"omcp_py.sandbox-id={sandbox_id}"})
+    assert len(found) == 1, found
+    return found[0]
+
+
+def processes_in(container: Any) -> list[str]:
+    """'pid state cmdline' of every process in the container but the lister itself."""
+    code = (
+        "import os\n"
+        "me = os.getpid()\n"
+        "for p in os.listdir('/proc'):\n"
+        "    if p.isdigit() and int(p) != me:\n"
+        "        try:\n"
+        "            st = open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0]\n"
+        "            cmd = open(f'/proc/{p}/cmdline', 'rb').read().replace(b'\\0', b' ')[:60]\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        print(p, st, cmd.decode(errors='replace'))\n"
+    )
+    result = container.exec_run(["python3", "-c", code], user="0")
+    return [line for line in result.output.decode().splitlines() if line.strip()]
+
+
+async def eventually(predicate: Any, timeout: float, interval: float = 0.25) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes (bounded waits only)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        await anyio.sleep(interval)
+    return bool(predicate())
+
+
+def process_ended(pid: int) -> bool:
+    """True when the process is gone or only a zombie waiting for its parent."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")

@@ -1,0 +1,202 @@
+"""Sandboxes come and go as promised: limits, reaping, shutdown, neighbours, outages."""
+
+import os
+import signal
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from conftest import (
+    container_of,
+    eventually,
+    process_ended,
+    start_server,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def _owned_by(client, owner: str) -> list:
+    return client.containers.list(all=True, filters={"label": f"omcp_py.owner={owner}"})
+
+
+async def test_max_sandboxes_holds_under_concurrent_creates(tmp_path, docker_client) -> None:
+    async with start_server({"MAX_SANDBOXES": "3"}, cwd=tmp_path) as srv:
+        outcomes: list = []
+
+        async def create() -> None:
+            result = await srv.session.call_tool("create_sandbox", {})
+            outcomes.append(result)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(create)
+        ok = [r for r in outcomes if not r.is_error]
+        refused = [r.content[0].text for r in outcomes if r.is_error]
+        assert len(ok) == 3 and len(refused) == 5
+        assert all("Maximum number of sandboxes reached (3)" in m for m in refused)
+        owner = container_of(docker_client, ok[0].structured_content["sandbox_id"]).labels[
+            "omcp_py.owner"
+        ]
+        assert len(_owned_by(docker_client, owner)) == 3
+        # A freed slot can be used again.
+        await srv.call(
+            "remove_sandbox", {"sandbox_id": ok[0].structured_content["sandbox_id"], "force": True}
+        )
+        await srv.create()
+
+
+async def test_reaper_removes_idle_sandboxes(tmp_path, docker_client) -> None:
+    async with start_server({"REAPER_INTERVAL": "1"}, cwd=tmp_path) as srv:
+        short = await srv.create(timeout=2)
+        long = await srv.create(timeout=600)
+        container = container_of(docker_client, short)
+        assert await eventually(lambda: not _exists(docker_client, container.id), 20)
+        listed = await srv.call("list_sandboxes", {"include_inactive": True})
+        assert [s["id"] for s in listed["sandboxes"]] == [long]
+        assert "No sandbox" in await srv.error(
+            "execute_python_code", {"sandbox_id": short, "code": "1"}
+        )
+
+
+def _exists(client, container_id: str) -> bool:
+    try:
+        client.containers.get(container_id)
+        return True
+    except Exception:
+        return False
+
+
+async def test_stdin_close_removes_the_servers_sandboxes(tmp_path, docker_client) -> None:
+    async with start_server(cwd=tmp_path) as srv:
+        sid = await srv.create()
+        await srv.create()
+        owner = container_of(docker_client, sid).labels["omcp_py.owner"]
+        assert len(_owned_by(docker_client, owner)) == 2
+    assert await eventually(lambda: _owned_by(docker_client, owner) == [], 10)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signals_remove_the_servers_sandboxes(tmp_path, docker_client, signum) -> None:
+    async with start_server(cwd=tmp_path) as srv:
+        sid = await srv.create()
+        owner = container_of(docker_client, sid).labels["omcp_py.owner"]
+        pid = srv.pid
+        os.kill(pid, signum)
+        assert await eventually(lambda: process_ended(pid), 15)
+        assert _owned_by(docker_client, owner) == []
+
+
+async def test_killed_server_leaves_orphans_that_the_next_server_reaps(
+    tmp_path, docker_client
+) -> None:
+    async with start_server(cwd=tmp_path) as neighbour:
+        kept = await neighbour.create()
+        async with start_server(cwd=tmp_path) as doomed:
+            orphan = await doomed.create()
+            # Sandboxes of another server are "not found" here, and vice versa.
+            message = await neighbour.error(
+                "execute_python_code", {"sandbox_id": orphan, "code": "1"}
+            )
+            assert "No sandbox" in message
+            assert "No sandbox" in await doomed.error(
+                "remove_sandbox", {"sandbox_id": kept, "force": True}
+            )
+            os.kill(doomed.pid, signal.SIGKILL)
+            await anyio.sleep(0.5)
+        orphan_container = container_of(docker_client, orphan)
+        assert orphan_container.status == "running"  # nobody cleaned up after SIGKILL
+
+        async with start_server(cwd=tmp_path) as successor:
+            assert await eventually(lambda: not _exists(docker_client, orphan_container.id), 20)
+            assert (await successor.call("list_sandboxes"))["count"] == 0
+            # The live neighbour's sandbox was left alone.
+            assert (await neighbour.run(kept, "print('mine')"))["output"] == "mine\n"
+
+
+@pytest.mark.parametrize("how", ["kill", "remove"])
+async def test_sandbox_killed_behind_our_back(server, docker_client, how) -> None:
+    sid = await server.create()
+    other = await server.create()
+    container = container_of(docker_client, sid)
+    if how == "kill":
+        container.kill()
+    else:
+        container.remove(force=True)
+    message = await server.error("execute_python_code", {"sandbox_id": sid, "code": "print(1)"})
+    assert "has stopped or was removed" in message or "No sandbox" in message
+    listed = await server.call("list_sandboxes", {"include_inactive": True})
+    assert [s["id"] for s in listed["sandboxes"]] == [other]
+    assert (await server.run(other, "print('fine')"))["output"] == "fine\n"
+
+
+async def test_docker_down_at_start(tmp_path) -> None:
+    missing = tmp_path / "no-docker.sock"
+    async with start_server({"DOCKER_HOST": f"unix://{missing}"}, cwd=tmp_path) as srv:
+        tools = (await srv.session.list_tools()).tools
+        assert len(tools) == 4
+        message = await srv.error("create_sandbox")
+        assert f"Docker engine not reachable at unix://{missing}" in message
+        assert "start Docker" in message and "DOCKER_HOST" in message
+        assert "not reachable" in await srv.error("list_sandboxes")
+
+
+@asynccontextmanager
+async def _engine_proxy(path: Path):
+    """A byte-level proxy to the real engine on a socket we can take away."""
+    target = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+
+    async def handle(client) -> None:
+        async with client:
+            try:
+                upstream = await anyio.connect_unix(target)
+            except OSError:
+                return
+            async with upstream, anyio.create_task_group() as tg:
+
+                async def pump(src, dst) -> None:
+                    try:
+                        async for chunk in src:
+                            await dst.send(chunk)
+                        await dst.send_eof()
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(pump, client, upstream)
+                tg.start_soon(pump, upstream, client)
+
+    listener = await anyio.create_unix_listener(path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+            await listener.aclose()
+            path.unlink(missing_ok=True)
+
+
+async def test_engine_outage_and_recovery_without_restart(tmp_path, docker_client) -> None:
+    sock = tmp_path / "engine.sock"
+    async with start_server({"DOCKER_HOST": f"unix://{sock}"}, cwd=tmp_path) as srv:
+        assert "not reachable" in await srv.error("create_sandbox")
+        async with _engine_proxy(sock):
+            sid = await srv.create()
+            assert (await srv.run(sid, "print('up')"))["output"] == "up\n"
+        # Engine gone while the server runs: clear errors, no hang.
+        assert "not reachable" in await srv.error("list_sandboxes")
+        assert "not reachable" in await srv.error(
+            "execute_python_code", {"sandbox_id": sid, "code": "1"}
+        )
+        async with _engine_proxy(sock):
+            assert (await srv.run(sid, "print('back')"))["output"] == "back\n"
+            assert (await srv.call("list_sandboxes"))["count"] == 1
+            await srv.call("remove_sandbox", {"sandbox_id": sid, "force": True})
+
+
+async def test_missing_image_is_a_clear_error(tmp_path) -> None:
+    async with start_server({"DOCKER_IMAGE": "omcp-test/does-not-exist:1"}, cwd=tmp_path) as srv:
+        message = await srv.error("create_sandbox")
+        assert "omcp-test/does-not-exist:1" in message and "docker pull" in message
+        assert (await srv.call("list_sandboxes"))["count"] == 0

@@ -1,0 +1,161 @@
+"""The tool contract, through the real MCP client, against the real engine."""
+
+from datetime import datetime
+
+import pytest
+from conftest import Server, ToolFailed, container_of, start_server
+
+pytestmark = pytest.mark.anyio
+
+TOOLS = {"create_sandbox", "list_sandboxes", "remove_sandbox", "execute_python_code"}
+
+
+async def test_tools_list_describes_every_tool(server: Server) -> None:
+    tools = {t.name: t for t in (await server.session.list_tools()).tools}
+    assert set(tools) == TOOLS  # install_package comes with its own issue, no placeholder
+    for tool in tools.values():
+        assert tool.title and tool.description and tool.output_schema
+        assert tool.annotations is not None
+    assert tools["list_sandboxes"].annotations.read_only_hint is True
+    assert tools["remove_sandbox"].annotations.destructive_hint is True
+    props = tools["execute_python_code"].input_schema["properties"]
+    assert props["timeout"]["default"] == 30
+    assert tools["create_sandbox"].input_schema["properties"]["timeout"]["default"] == 300
+
+
+async def test_create_list_execute_remove(server: Server) -> None:
+    created = await server.call("create_sandbox", {})
+    sid = created["sandbox_id"]
+    assert created["success"] is True
+    datetime.fromisoformat(created["created_at"])
+    datetime.fromisoformat(created["last_used"])
+
+    listed = await server.call("list_sandboxes")
+    assert listed["success"] and listed["count"] == 1
+    entry = listed["sandboxes"][0]
+    assert entry["id"] == sid and entry["status"] == "active" and entry["timeout"] == 300
+
+    result = await server.run(sid, "print(6 * 7)")
+    assert result == result | {
+        "success": True,
+        "output": "42\n",
+        "error": None,
+        "exit_code": 0,
+        "timed_out": False,
+    }
+    assert result["duration_ms"] > 0
+
+    message = await server.error("remove_sandbox", {"sandbox_id": sid})
+    assert f"Sandbox {sid} is still active. Use force=True to remove it." in message
+    removed = await server.call("remove_sandbox", {"sandbox_id": sid, "force": True})
+    assert removed["success"] is True
+    assert (await server.call("list_sandboxes"))["count"] == 0
+    assert "No sandbox" in await server.error(
+        "execute_python_code", {"sandbox_id": sid, "code": "1"}
+    )
+
+
+async def test_failing_code_is_a_result_not_a_tool_error(server: Server, sandbox: str) -> None:
+    result = await server.run(sandbox, "print('before')\nraise ValueError('boom')")
+    assert result["success"] is False
+    assert result["exit_code"] == 1
+    assert result["output"] == "before\n"
+    assert "Traceback" in result["error"] and "ValueError: boom" in result["error"]
+    assert 'File "<sandbox>", line 2' in result["error"]
+
+    exited = await server.run(sandbox, "import sys; sys.exit(3)")
+    assert (exited["success"], exited["exit_code"]) == (False, 3)
+    syntax = await server.run(sandbox, "def (:")
+    assert syntax["success"] is False and "SyntaxError" in syntax["error"]
+
+
+async def test_files_persist_between_executions(server: Server, sandbox: str) -> None:
+    await server.run(sandbox, "open('data.txt', 'w').write('kept')")
+    result = await server.run(
+        sandbox,
+        "import os\n"
+        "print(os.getcwd(), open('data.txt').read())\n"
+        "open('/tmp/t', 'w').write('x'); open(os.path.expanduser('~/h'), 'w').write('y')\n"
+        "print(os.path.expanduser('~'))",
+    )
+    assert result["output"] == "/sandbox kept\n/home/sandbox\n"
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["nope", "../x", "a" * 300, "ünïcødé", "omcp-", "0123456789ab", "'; rm -rf /"],
+)
+async def test_unknown_ids_are_not_found(server: Server, bad_id: str) -> None:
+    message = await server.error("execute_python_code", {"sandbox_id": bad_id, "code": "1"})
+    assert ("No sandbox" in message) or ("sandbox_id" in message)
+    message = await server.error("remove_sandbox", {"sandbox_id": bad_id, "force": True})
+    assert ("No sandbox" in message) or ("sandbox_id" in message)
+
+
+async def test_other_containers_ids_and_names_are_not_sandboxes(
+    server: Server, sandbox: str, docker_client
+) -> None:
+    container = container_of(docker_client, sandbox)
+    for other in (container.id, container.id[:12], container.name):
+        message = await server.error("execute_python_code", {"sandbox_id": other, "code": "1"})
+        assert "No sandbox" in message
+
+
+async def test_bad_arguments_get_clear_errors(server: Server, sandbox: str) -> None:
+    for timeout in (0, -5, 10**9):
+        message = await server.error(
+            "execute_python_code", {"sandbox_id": sandbox, "code": "1", "timeout": timeout}
+        )
+        assert "timeout" in message
+    assert "timeout" in await server.error("create_sandbox", {"timeout": 0})
+    message = await server.error("execute_python_code", {"sandbox_id": sandbox})
+    assert "code" in message
+    message = await server.error("execute_python_code", {"sandbox_id": sandbox, "code": "a\x00b"})
+    assert "NUL byte" in message
+    # The sandbox is unharmed.
+    assert (await server.run(sandbox, "print('ok')"))["output"] == "ok\n"
+
+
+async def test_code_limits(server: Server, sandbox: str) -> None:
+    # Far beyond argv's 128 KiB: delivered on stdin.
+    big = "s = '" + "x" * 1_000_000 + "'\nprint(len(s))"
+    result = await server.run(sandbox, big)
+    assert result["output"] == "1000000\n"
+    too_big = "#" + "x" * (1024 * 1024 + 10)
+    message = await server.error("execute_python_code", {"sandbox_id": sandbox, "code": too_big})
+    assert "MAX_CODE_SIZE" in message
+
+
+async def test_input_gets_end_of_file(server: Server, sandbox: str) -> None:
+    result = await server.run(sandbox, "input()")
+    assert result["success"] is False and "EOFError" in result["error"]
+
+
+async def test_invalid_utf8_and_binary_output_is_replaced(server: Server, sandbox: str) -> None:
+    result = await server.run(
+        sandbox, "import os, sys\nos.write(1, b'ok \\xff\\xfe\\x00 end')\nos.write(2, b'\\xc3')"
+    )
+    assert result["output"] == "ok \ufffd\ufffd\x00 end"
+    assert result["error"] == "\ufffd"
+    assert (await server.run(sandbox, "print('still fine')"))["output"] == "still fine\n"
+
+
+async def test_inactive_sandboxes_are_hidden_unless_asked(tmp_path) -> None:
+    async with start_server({"REAPER_INTERVAL": "3600"}, cwd=tmp_path) as srv:
+        sid = await srv.create(timeout=1)
+        keep = await srv.create()
+        import anyio
+
+        await anyio.sleep(1.5)
+        listed = await srv.call("list_sandboxes")
+        assert [s["id"] for s in listed["sandboxes"]] == [keep]
+        everything = await srv.call("list_sandboxes", {"include_inactive": True})
+        statuses = {s["id"]: s["status"] for s in everything["sandboxes"]}
+        assert statuses == {sid: "idle", keep: "active"}
+        # Idle past its timeout: removable without force.
+        assert (await srv.call("remove_sandbox", {"sandbox_id": sid}))["success"] is True
+
+
+async def test_tool_failure_does_not_raise_in_client(server: Server) -> None:
+    with pytest.raises(ToolFailed, match="No sandbox"):
+        await server.call("remove_sandbox", {"sandbox_id": "0" * 12})
