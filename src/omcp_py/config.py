@@ -182,3 +182,18 @@ def _describe(exc: ValidationError) -> str:
         else:
             lines.append(f"invalid settings: {message}")
     return "\n".join(lines)
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """Every setting as the docs show it: (variable, default as written, description)."""
+    rows = []
+    for name, field in SandboxConfig.model_fields.items():
+        default = field.default
+        if default is None:
+            text = "(unset)"
+        elif isinstance(default, bool):
+            text = str(default).lower()
+        else:
+            text = str(default)
+        rows.append((name.upper(), text, field.description or ""))
+    return rows
