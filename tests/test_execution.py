@@ -163,3 +163,27 @@ async def test_executions_in_different_sandboxes_run_in_parallel(server: Server)
         await anyio.sleep(0.5)
         tg.start_soon(run, b, "b", "print(1)")
     assert order == ["b", "a"]
+
+
+async def test_remove_while_executing(server: Server) -> None:
+    busy = await server.create()
+    outcome: dict = {}
+
+    async def long_run() -> None:
+        result = await server.session.call_tool(
+            "execute_python_code",
+            {"sandbox_id": busy, "code": "import time; time.sleep(60)", "timeout": 120},
+        )
+        outcome["result"] = result
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(long_run)
+        await anyio.sleep(1)
+        message = await server.error("remove_sandbox", {"sandbox_id": busy})
+        assert "still active" in message
+        removed = await server.call("remove_sandbox", {"sandbox_id": busy, "force": True})
+        assert removed["success"] is True
+    # The run ended with the sandbox, as a clear tool error rather than a hang.
+    assert outcome["result"].is_error
+    assert "was removed while the code was running" in outcome["result"].content[0].text
+    assert (await server.call("list_sandboxes", {"include_inactive": True}))["count"] == 0

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from omcp_py.errors import DockerUnavailable
+from omcp_py.errors import DockerUnavailable, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,18 @@ class Engine:
 
     @contextmanager
     def errors(self) -> Iterator[None]:
-        """Turn connection failures into DockerUnavailable and drop the dead client."""
+        """Turn connection failures into DockerUnavailable (dropping the dead client),
+        and any other failed request into EngineError with the engine's explanation."""
+        import docker
         import requests
 
         try:
             yield
+        except docker.errors.APIError as exc:
+            raise EngineError(
+                f"The Docker engine failed the request: {exc.explanation or exc}. "
+                f"Try again; if it persists, check the engine (docker info)."
+            ) from None
         except (requests.exceptions.ConnectionError, ConnectionError) as exc:
             self.reset()
             raise self.unreachable(_short(exc)) from None

@@ -15,7 +15,11 @@ class ConfigError(OmcpError):
 
 
 class DockerUnavailable(OmcpError):
-    """The Docker engine cannot be reached or refused the request."""
+    """The Docker engine cannot be reached."""
+
+
+class EngineError(OmcpError):
+    """The Docker engine answered, but failed the request."""
 
 
 class SandboxNotFound(OmcpError):

@@ -27,6 +27,7 @@ from omcp_py.config import SandboxConfig, format_size
 from omcp_py.engine import Engine
 from omcp_py.errors import (
     InvalidArgument,
+    OmcpError,
     SandboxCreateFailed,
     SandboxLimitReached,
     SandboxNotFound,
@@ -277,6 +278,9 @@ class SandboxManager:
             DockerUnavailable: the engine cannot be reached.
         """
         sandbox = self._get(sandbox_id)
+        # Touched before any await: the reaper, which checks and drops with no await
+        # in between, can no longer take this sandbox away from under the run.
+        sandbox.last_used = time.time()
         payload = self._encode(code)
         if not 1 <= timeout <= self.config.max_execution_timeout:
             raise InvalidArgument(
@@ -291,12 +295,18 @@ class SandboxManager:
                 raw = await self._run(
                     self._exec_limiter, self._execute_in, sandbox, payload, timeout
                 )
-            except SandboxNotFound:
-                self._sandboxes.pop(sandbox_id, None)
+            except OmcpError as exc:
+                if self._sandboxes.get(sandbox_id) is not sandbox:
+                    raise _removed_during_run(sandbox_id) from None
+                if isinstance(exc, SandboxNotFound):
+                    self._sandboxes.pop(sandbox_id, None)
                 raise
             finally:
                 sandbox.busy = False
                 sandbox.last_used = time.time()
+        # remove_sandbox(force=True), or the engine, took it while the code ran.
+        if self._sandboxes.get(sandbox_id) is not sandbox:
+            raise _removed_during_run(sandbox_id)
         return self._result(raw, timeout)
 
     # -- helpers on the event loop -----------------------------------------------------
@@ -483,10 +493,17 @@ class SandboxManager:
                 self._remove_container(sandbox.container_id)
                 raise gone from None
             except docker.errors.APIError as exc:
-                if exc.status_code == 409:  # the container is not running
+                if exc.status_code == 409 or "is not running" in str(exc.explanation):
                     self._remove_container(sandbox.container_id)
                     raise gone from None
                 raise
+
+
+def _removed_during_run(sandbox_id: str) -> SandboxNotFound:
+    return SandboxNotFound(
+        f"Sandbox {sandbox_id} was removed while the code was running; its output is lost. "
+        f"Create a new one with create_sandbox."
+    )
 
 
 def _new_id() -> str:
