@@ -61,6 +61,18 @@ def tool_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _hints(
+    read_only: bool = False, destructive: bool = False, idempotent: bool = False
+) -> ToolAnnotations:
+    # Sandboxes never reach the network: no tool touches an open world.
+    return ToolAnnotations(
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent,
+        open_world_hint=False,
+    )
+
+
 def _manager(ctx: Context) -> SandboxManager:
     return ctx.request_context.lifespan_context
 
@@ -98,12 +110,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
 
     @server.tool(
         title="Create a Python sandbox",
-        annotations=ToolAnnotations(
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=False,
-        ),
+        annotations=_hints(),
     )
     @tool_errors
     async def create_sandbox(
@@ -121,12 +128,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
 
     @server.tool(
         title="List sandboxes",
-        annotations=ToolAnnotations(
-            read_only_hint=True,
-            destructive_hint=False,
-            idempotent_hint=True,
-            open_world_hint=False,
-        ),
+        annotations=_hints(read_only=True, idempotent=True),
     )
     @tool_errors
     async def list_sandboxes(
@@ -144,12 +146,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
 
     @server.tool(
         title="Remove a sandbox",
-        annotations=ToolAnnotations(
-            read_only_hint=False,
-            destructive_hint=True,
-            idempotent_hint=True,
-            open_world_hint=False,
-        ),
+        annotations=_hints(destructive=True, idempotent=True),
     )
     @tool_errors
     async def remove_sandbox(
@@ -169,12 +166,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
 
     @server.tool(
         title="Run Python code",
-        annotations=ToolAnnotations(
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=False,
-        ),
+        annotations=_hints(),
     )
     @tool_errors
     async def execute_python_code(
