@@ -137,9 +137,15 @@ class SandboxManager:
             return
         async with anyio.create_task_group() as tg:
             for container in containers:
-                tg.start_soon(self._control, self._remove_container, container.id)
+                tg.start_soon(self._remove_quietly, container.id)
         log.info("removed %d sandbox(es) at exit", len(containers))
         self.engine.close()
+
+    async def _remove_quietly(self, container_id: str) -> None:
+        try:
+            await self._control(self._remove_container, container_id)
+        except Exception as exc:  # one failure must not stop the other removals
+            log.warning("could not remove sandbox container %s: %s", container_id[:12], exc)
 
     async def _reaper(self) -> None:
         while True:
@@ -152,8 +158,12 @@ class SandboxManager:
     async def reap(self) -> None:
         """Remove our sandboxes idle past their timeout, and orphans of dead servers."""
         await self._reconcile()
-        now = time.time()
-        for sandbox in [s for s in self._sandboxes.values() if s.expired(now)]:
+        for sandbox in list(self._sandboxes.values()):
+            # Checked right before the drop (no await between): a run that started
+            # during an earlier removal keeps its sandbox.
+            now = time.time()
+            if not sandbox.expired(now):
+                continue
             self._sandboxes.pop(sandbox.id, None)
             log.info("sandbox %s idle for %.0f s: removing it", sandbox.id, now - sandbox.last_used)
             await self._control(self._remove_container, sandbox.container_id)
