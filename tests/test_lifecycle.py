@@ -139,6 +139,7 @@ async def test_docker_down_at_start(tmp_path) -> None:
         message = await srv.error("create_sandbox")
         assert f"Docker engine not reachable at unix://{missing}" in message
         assert "start Docker" in message and "DOCKER_HOST" in message
+        assert "no engine socket at that path" in message
         assert "not reachable" in await srv.error("list_sandboxes")
 
 

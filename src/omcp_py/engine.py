@@ -108,5 +108,28 @@ class Engine:
 
 
 def _short(exc: BaseException) -> str:
+    """The root cause in a few words: requests and urllib3 nest it deeply."""
+    cause = _os_error(exc)
+    if isinstance(cause, FileNotFoundError):
+        return "no engine socket at that path"
+    if isinstance(cause, PermissionError):
+        return "permission denied on the engine socket: add your user to the docker group"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if cause is not None and cause.strerror:
+        return cause.strerror
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
+
+
+def _os_error(exc: BaseException, depth: int = 0) -> OSError | None:
+    if depth > 8:
+        return None
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc
+    for inner in (*exc.args, exc.__cause__, exc.__context__):
+        if isinstance(inner, BaseException):
+            found = _os_error(inner, depth + 1)
+            if found is not None:
+                return found
+    return None
