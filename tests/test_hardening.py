@@ -1,7 +1,7 @@
 """The run arguments of a sandbox, read in one place (behaviour is tested in-container)."""
 
 from omcp_py.config import SandboxConfig
-from omcp_py.hardening import sandbox_run_kwargs
+from omcp_py.hardening import missing_limits, sandbox_run_kwargs
 
 
 def test_every_isolation_option_is_set() -> None:
@@ -33,3 +33,12 @@ def test_environment_is_fixed_not_inherited(monkeypatch) -> None:
     env = sandbox_run_kwargs(SandboxConfig(), {})["environment"]
     assert set(env) == {"HOME", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE", "MPLBACKEND"}
     assert "SECRET_TOKEN" not in env and env["HOME"] == "/home/sandbox"
+
+
+def test_an_engine_that_would_drop_a_limit_is_refused() -> None:
+    full = {"MemoryLimit": True, "SwapLimit": True, "PidsLimit": True, "CpuCfsQuota": True}
+    assert missing_limits(full) == []
+    assert missing_limits(full | {"SwapLimit": False, "PidsLimit": False}) == [
+        "swap limit (memory + swap = SANDBOX_MEMORY)",
+        "process limit (SANDBOX_PIDS_LIMIT)",
+    ]

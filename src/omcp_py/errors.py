@@ -18,6 +18,10 @@ class DockerUnavailable(OmcpError):
     """The Docker engine cannot be reached."""
 
 
+class IsolationUnavailable(OmcpError):
+    """The engine cannot enforce a limit every sandbox must have."""
+
+
 class EngineError(OmcpError):
     """The Docker engine answered, but failed the request."""
 

@@ -67,3 +67,25 @@ def sandbox_run_kwargs(config: SandboxConfig, labels: dict[str, str]) -> dict[st
         # What the code prints never lands in the engine's log files on the host.
         "log_config": {"type": "none", "config": {}},
     }
+
+
+# Limits we set and the `docker info` flag that says the engine enforces them. An
+# engine without one drops that limit with a mere warning; we refuse instead.
+_ENFORCED_BY = {
+    "MemoryLimit": "memory limit (SANDBOX_MEMORY)",
+    "SwapLimit": "swap limit (memory + swap = SANDBOX_MEMORY)",
+    "PidsLimit": "process limit (SANDBOX_PIDS_LIMIT)",
+    "CpuCfsQuota": "CPU limit (SANDBOX_CPUS)",
+}
+
+
+def missing_limits(engine_info: dict[str, Any]) -> list[str]:
+    """The sandbox limits this engine would silently drop.
+
+    Args:
+        engine_info: the engine's ``docker info`` answer.
+
+    Returns:
+        A description of each limit it cannot enforce (empty when all hold).
+    """
+    return [what for flag, what in _ENFORCED_BY.items() if engine_info.get(flag) is False]

@@ -27,13 +27,14 @@ from omcp_py.config import SandboxConfig, format_size
 from omcp_py.engine import Engine
 from omcp_py.errors import (
     InvalidArgument,
+    IsolationUnavailable,
     OmcpError,
     SandboxCreateFailed,
     SandboxLimitReached,
     SandboxNotFound,
     SandboxStillActive,
 )
-from omcp_py.hardening import sandbox_run_kwargs
+from omcp_py.hardening import missing_limits, sandbox_run_kwargs
 from omcp_py.models import (
     CreateSandboxResult,
     ExecutionResult,
@@ -99,6 +100,7 @@ class SandboxManager:
         self._sandboxes: dict[str, Sandbox] = {}
         self._pending = 0
         self._closing = False
+        self._checked_client: Any = None
         self._exec_limiter: anyio.CapacityLimiter | None = None
         self._control_limiter: anyio.CapacityLimiter | None = None
 
@@ -411,10 +413,25 @@ class SandboxManager:
 
     # -- blocking Docker calls (worker threads) ----------------------------------------
 
+    def _check_isolation(self, client: Any) -> None:
+        # Once per connection: a reconnect may reach another engine.
+        if self._checked_client is client:
+            return
+        with self.engine.errors():
+            missing = missing_limits(client.info())
+        if missing:
+            raise IsolationUnavailable(
+                f"The Docker engine at {self.engine.url} cannot enforce the "
+                f"{', '.join(missing)}; omcp_py does not run sandboxes without it. Use an engine "
+                f"with the cgroup controllers enabled (see `docker info` warnings)."
+            )
+        self._checked_client = client
+
     def _create_container(self, timeout: int) -> Sandbox:
         import docker
 
         client = self.engine.client()
+        self._check_isolation(client)
         now = time.time()
         sandbox_id = _new_id()
         labels = self.owner.labels() | {
