@@ -150,6 +150,14 @@ class SandboxManager:
             log.warning("could not remove sandbox container %s: %s", container_id[:12], exc)
 
     async def _reaper(self) -> None:
+        # At start, in the background (initialize never waits on Docker): say at once
+        # when the engine would drop a limit; every create_sandbox refuses it too.
+        try:
+            await self._control(self._verify_engine)
+        except IsolationUnavailable as exc:
+            log.error("%s", exc)
+        except Exception as exc:  # engine down: the tools say so when they are called
+            log.debug("engine check at start failed: %s", exc)
         while True:
             try:
                 await self.reap()
@@ -412,6 +420,9 @@ class SandboxManager:
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
 
     # -- blocking Docker calls (worker threads) ----------------------------------------
+
+    def _verify_engine(self) -> None:
+        self._check_isolation(self.engine.client())
 
     def _check_isolation(self, client: Any) -> None:
         # Once per connection: a reconnect may reach another engine.
