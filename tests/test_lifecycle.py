@@ -30,12 +30,12 @@ async def test_max_sandboxes_holds_under_concurrent_creates(tmp_path, docker_cli
             outcomes.append(result)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(8):
+            for _ in range(30):  # many more than fit: slots freed by reconciling race them
                 tg.start_soon(create)
         ok = [r for r in outcomes if not r.is_error]
         refused = [r.content[0].text for r in outcomes if r.is_error]
-        assert len(ok) == 3 and len(refused) == 5
-        assert all("Maximum number of sandboxes reached (3)" in m for m in refused)
+        assert len(ok) == 3 and len(refused) == len(outcomes) - 3, refused
+        assert all("Maximum number of sandboxes reached (3)" in m for m in refused), refused
         owner = container_of(docker_client, ok[0].structured_content["sandbox_id"]).labels[
             "omcp_py.owner"
         ]

@@ -98,7 +98,9 @@ class SandboxManager:
         self.owner = owner or Owner.current()
         self.engine = Engine(config.sandbox_base_url, config.docker_timeout)
         self._sandboxes: dict[str, Sandbox] = {}
-        self._pending = 0
+        # Ids of sandboxes being created: they hold a slot, and reconciliation must not
+        # mistake their container (created, not yet started) for a stopped one.
+        self._creating: set[str] = set()
         self._closing = False
         self._checked_client: Any = None
         self._exec_limiter: anyio.CapacityLimiter | None = None
@@ -205,11 +207,12 @@ class SandboxManager:
                 f"Maximum number of sandboxes reached ({self.config.max_sandboxes}): remove one "
                 f"with remove_sandbox (list_sandboxes shows them), or raise MAX_SANDBOXES."
             )
-        self._pending += 1  # no await between the check above and this reservation
+        sandbox_id = _new_id()
+        self._creating.add(sandbox_id)  # no await between the check above and this reservation
         try:
-            sandbox = await self._control(self._create_container, timeout)
+            sandbox = await self._control(self._create_container, sandbox_id, timeout)
         finally:
-            self._pending -= 1
+            self._creating.discard(sandbox_id)
         self._sandboxes[sandbox.id] = sandbox
         log.info("created sandbox %s (timeout %d s)", sandbox.id, timeout)
         return CreateSandboxResult(
@@ -332,7 +335,7 @@ class SandboxManager:
     # -- helpers on the event loop -----------------------------------------------------
 
     def _full(self) -> bool:
-        return len(self._sandboxes) + self._pending >= self.config.max_sandboxes
+        return len(self._sandboxes) + len(self._creating) >= self.config.max_sandboxes
 
     def _get(self, sandbox_id: str) -> Sandbox:
         sandbox = self._sandboxes.get(sandbox_id) if _ID.match(sandbox_id) else None
@@ -398,17 +401,23 @@ class SandboxManager:
 
     async def _reconcile(self) -> None:
         """Make the cache agree with the engine: drop what stopped or vanished."""
+        # Only sandboxes known before the listing can be judged by it: one created while
+        # the listing was in flight is missing from it, not gone.
+        known = set(self._sandboxes)
         containers = await self._control(
             self._list_containers, {ownership.OWNER: self.owner.instance}
         )
         running = {}
         for container in containers:
+            sandbox_id = container.labels.get(ownership.SANDBOX_ID)
             if container.running:
-                running[container.labels.get(ownership.SANDBOX_ID)] = container
+                running[sandbox_id] = container
+            elif sandbox_id in self._creating:
+                continue
             else:
                 log.info("sandbox container %s has stopped: removing it", container.name)
                 await self._control(self._remove_container, container.id)
-        for sandbox_id in list(self._sandboxes):
+        for sandbox_id in known & set(self._sandboxes):
             if sandbox_id not in running:
                 log.info("sandbox %s vanished from the engine: forgetting it", sandbox_id)
                 self._sandboxes.pop(sandbox_id, None)
@@ -438,13 +447,12 @@ class SandboxManager:
             )
         self._checked_client = client
 
-    def _create_container(self, timeout: int) -> Sandbox:
+    def _create_container(self, sandbox_id: str, timeout: int) -> Sandbox:
         import docker
 
         client = self.engine.client()
         self._check_isolation(client)
         now = time.time()
-        sandbox_id = _new_id()
         labels = self.owner.labels() | {
             ownership.SANDBOX_ID: sandbox_id,
             ownership.CREATED: _iso(now),
