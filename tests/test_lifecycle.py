@@ -1,9 +1,16 @@
 """Sandboxes come and go as promised: limits, reaping, shutdown, neighbours, outages."""
 
+import http.client
+import http.server
+import json
 import os
 import signal
-from contextlib import asynccontextmanager
+import socket
+import socketserver
+import threading
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -201,3 +208,69 @@ async def test_missing_image_is_a_clear_error(tmp_path) -> None:
         message = await srv.error("create_sandbox")
         assert "omcp-test/does-not-exist:1" in message and "docker pull" in message
         assert (await srv.call("list_sandboxes"))["count"] == 0
+
+
+@contextmanager
+def _engine_without_pids_limit(path: Path):
+    """The real engine, except that its `docker info` says it cannot limit processes
+    (as an engine without the pids cgroup controller does)."""
+    target = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+
+    class Upstream(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(target)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # the server only reads before it refuses to create
+            upstream = Upstream("engine")
+            upstream.request("GET", self.path)
+            reply = upstream.getresponse()
+            body = reply.read()
+            if self.path.split("?")[0].endswith("/info"):
+                info = json.loads(body)
+                info["PidsLimit"] = False
+                body = json.dumps(info).encode()
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.getheader("Content-Type", "text/plain"))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self):  # BaseHTTPRequestHandler wants a (host, port) address
+            request, _ = super().get_request()
+            return request, ("engine", 0)
+
+    server = Server(str(path), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_engine_that_would_drop_a_limit_is_refused(tmp_path, docker_client) -> None:
+    sock = tmp_path / "engine.sock"
+    errlog = tmp_path / "stderr.log"
+    with _engine_without_pids_limit(sock), errlog.open("w") as err:
+        env = {"DOCKER_HOST": f"unix://{sock}", "LOG_LEVEL": "INFO"}
+        async with start_server(env, cwd=tmp_path, errlog=err) as srv:
+            # Said at start, before any tool is called ...
+            assert await eventually(
+                lambda: "cannot enforce the process limit" in errlog.read_text(), 10
+            ), errlog.read_text()
+            # ... and by every create_sandbox, which starts nothing.
+            message = await srv.error("create_sandbox")
+            assert "cannot enforce the process limit (SANDBOX_PIDS_LIMIT)" in message
+            assert "does not run sandboxes without it" in message
+            assert (await srv.call("list_sandboxes"))["count"] == 0
