@@ -7,7 +7,7 @@ Each field's description is the documentation: README's settings table and
 import re
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from omcp_py.errors import ConfigError
@@ -49,6 +49,10 @@ def format_size(size: int) -> str:
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
+def _split_urls(value: str) -> list[str]:
+    return [url for url in re.split(r"[\s,]+", value) if url]
+
+
 class SandboxConfig(BaseSettings):
     """Settings of one omcp_py server process."""
 
@@ -58,6 +62,7 @@ class SandboxConfig(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         validate_default=True,
+        env_ignore_empty=True,  # `NAME=` in .env means "use the default"
     )
 
     sandbox_timeout: int = Field(
@@ -122,6 +127,71 @@ class SandboxConfig(BaseSettings):
         30, ge=1, le=600, description="Seconds to wait for one Docker API call."
     )
 
+    max_install_timeout: int = Field(
+        900, ge=1, le=86400, description="Largest timeout install_package accepts, in seconds."
+    )
+    package_index_url: str | None = Field(
+        None,
+        description="Package index the installer uses (pip --index-url); unset: PyPI.",
+    )
+    package_extra_index_urls: str | None = Field(
+        None,
+        description="More package indexes, separated by spaces or commas (pip --extra-index-url).",
+    )
+    package_proxy: str | None = Field(
+        None, description="HTTP(S) proxy the installer uses to reach the index (pip --proxy)."
+    )
+    package_ca_bundle: str | None = Field(
+        None,
+        description=(
+            "Absolute path, on the Docker host, of a CA bundle the installer trusts (needed "
+            "behind TLS-intercepting proxies), e.g. /etc/ssl/certs/ca-certificates.crt."
+        ),
+    )
+    package_wheelhouse: str | None = Field(
+        None,
+        description=(
+            "Absolute path, on the Docker host, of a directory of wheels: installs use it alone, "
+            "with no index and no network."
+        ),
+    )
+    package_source_builds: bool = Field(
+        True,
+        description="Allow building packages from source when no wheel fits (wheels preferred).",
+    )
+    installer_network: str = Field(
+        "bridge",
+        min_length=1,
+        description="Docker network of the installer container (sandboxes never get one).",
+    )
+
+    @field_validator("package_index_url", "package_proxy")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s]+$", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("package_extra_index_urls")
+    @classmethod
+    def _http_urls(cls, value: str | None) -> str | None:
+        for url in _split_urls(value or ""):
+            if not re.match(r"^https?://\S+$", url):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("package_ca_bundle", "package_wheelhouse")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be an absolute path on the Docker host")
+        return value
+
+    @property
+    def extra_index_urls(self) -> list[str]:
+        """PACKAGE_EXTRA_INDEX_URLS as a list."""
+        return _split_urls(self.package_extra_index_urls or "")
+
     @model_validator(mode="after")
     def _tmpfs_fits_in_memory(self) -> "SandboxConfig":
         # tmpfs pages are charged to the sandbox's memory cgroup: if the mounts could
@@ -137,6 +207,13 @@ class SandboxConfig(BaseSettings):
                 f"SANDBOX_TMP_SIZE + SANDBOX_WORKDIR_SIZE + SANDBOX_HOME_SIZE + SANDBOX_SHM_SIZE "
                 f"= {format_size(total)} must be at most half of "
                 f"SANDBOX_MEMORY={format_size(self.sandbox_memory)}"
+            )
+        if self.package_wheelhouse and (
+            self.package_index_url or self.package_extra_index_urls or self.package_proxy
+        ):
+            raise ValueError(
+                "PACKAGE_WHEELHOUSE installs with no index and no network: unset "
+                "PACKAGE_INDEX_URL, PACKAGE_EXTRA_INDEX_URLS and PACKAGE_PROXY, or the wheelhouse"
             )
         if self.execution_timeout > self.max_execution_timeout:
             raise ValueError(
