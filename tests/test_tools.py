@@ -7,12 +7,18 @@ from conftest import Server, ToolFailed, container_of, start_server
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"create_sandbox", "list_sandboxes", "remove_sandbox", "execute_python_code"}
+TOOLS = {
+    "create_sandbox",
+    "list_sandboxes",
+    "remove_sandbox",
+    "execute_python_code",
+    "install_package",
+}
 
 
 async def test_tools_list_describes_every_tool(server: Server) -> None:
     tools = {t.name: t for t in (await server.session.list_tools()).tools}
-    assert set(tools) == TOOLS  # install_package comes with its own issue, no placeholder
+    assert set(tools) == TOOLS
     for tool in tools.values():
         assert tool.title and tool.description and tool.output_schema
         assert tool.annotations is not None
@@ -21,6 +27,9 @@ async def test_tools_list_describes_every_tool(server: Server) -> None:
     props = tools["execute_python_code"].input_schema["properties"]
     assert props["timeout"]["default"] == 30
     assert tools["create_sandbox"].input_schema["properties"]["timeout"]["default"] == 300
+    # Only the installer reaches beyond the machine.
+    assert [n for n, t in tools.items() if t.annotations.open_world_hint] == ["install_package"]
+    assert tools["install_package"].input_schema["required"] == ["sandbox_id", "package"]
 
 
 async def test_create_list_execute_remove(server: Server) -> None:

@@ -28,6 +28,7 @@ from omcp_py.errors import ConfigError, OmcpError
 from omcp_py.models import (
     CreateSandboxResult,
     ExecutionResult,
+    InstallResult,
     ListSandboxesResult,
     RemoveSandboxResult,
 )
@@ -38,6 +39,7 @@ log = logging.getLogger("omcp_py")
 INSTRUCTIONS = (
     "Run Python in isolated sandboxes: create_sandbox, then execute_python_code as often as "
     "needed (files in /sandbox persist between runs of the same sandbox), then remove_sandbox. "
+    "install_package adds packages from the package index to a sandbox. "
     "Sandboxes have no network, limited memory and CPU, and expire when idle."
 )
 
@@ -62,14 +64,17 @@ def tool_errors(fn: F) -> F:
 
 
 def _hints(
-    read_only: bool = False, destructive: bool = False, idempotent: bool = False
+    read_only: bool = False,
+    destructive: bool = False,
+    idempotent: bool = False,
+    open_world: bool = False,
 ) -> ToolAnnotations:
-    # Sandboxes never reach the network: no tool touches an open world.
+    # Sandboxes never reach the network; only the installer talks to a package index.
     return ToolAnnotations(
         read_only_hint=read_only,
         destructive_hint=destructive,
         idempotent_hint=idempotent,
-        open_world_hint=False,
+        open_world_hint=open_world,
     )
 
 
@@ -193,6 +198,43 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             timeout: seconds before the run is killed.
         """
         return await _manager(ctx).execute(sandbox_id, code, timeout)
+
+    @server.tool(
+        title="Install Python packages",
+        annotations=_hints(idempotent=True, open_world=True),
+    )
+    @tool_errors
+    async def install_package(
+        ctx: Context,
+        sandbox_id: SandboxId,
+        package: Annotated[
+            str,
+            Field(
+                description="Requirement specifiers separated by spaces, e.g. "
+                "'pandas', 'numpy==2.1.0 requests', 'httpx[http2]>=0.27'.",
+                max_length=65536,
+            ),
+        ],
+        timeout: Annotated[
+            int,
+            Field(
+                ge=1,
+                le=config.max_install_timeout,
+                description="Seconds before the install is stopped.",
+            ),
+        ] = 60,
+    ) -> InstallResult:
+        """Install Python packages (with their dependencies) into a sandbox; importable at once.
+
+        The sandbox itself stays offline: a separate installer fetches the packages.
+        Only requirement specifiers are accepted (no pip options, URLs or paths).
+
+        Args:
+            sandbox_id: the sandbox to install into.
+            package: one or more requirements separated by spaces, e.g. 'numpy==2.1.0 requests'.
+            timeout: seconds before the install is stopped (large packages take minutes).
+        """
+        return await _manager(ctx).install(sandbox_id, package, timeout)
 
     return server
 

@@ -54,3 +54,18 @@ class ExecutionResult(BaseModel):
     truncated: bool = Field(
         default=False, description="True when output was cut to OUTPUT_LIMIT (head and tail kept)."
     )
+
+
+class InstallResult(BaseModel):
+    """What one install_package call did. A failed install is data, not an error."""
+
+    success: bool = Field(description="True when every requirement is installed.")
+    output: str = Field(description="The installer's log (pip's output; head and tail if long).")
+    error: str | None = Field(description="What failed, in a sentence or two; null on success.")
+    exit_code: int = Field(description="The installer's exit code (0: success).")
+    requested: list[str] = Field(description="The requirements as parsed and sent to pip.")
+    installed: list[str] = Field(
+        description="name==version of every package now installed in the sandbox."
+    )
+    timed_out: bool = Field(description="True when the timeout stopped the installer.")
+    duration_ms: float = Field(description="How long the install took, in milliseconds.")

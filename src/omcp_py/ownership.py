@@ -21,6 +21,8 @@ OWNER_PID = PREFIX + "owner-pid"
 OWNER_STARTED = PREFIX + "owner-started"
 CREATED = PREFIX + "created"
 TIMEOUT = PREFIX + "timeout"
+# "sandbox" (absent on sandboxes of older versions) or "installer".
+ROLE = PREFIX + "role"
 
 
 def _host_identity() -> str:

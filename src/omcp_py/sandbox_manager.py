@@ -26,6 +26,8 @@ from omcp_py import ownership
 from omcp_py.config import SandboxConfig, format_size
 from omcp_py.engine import Engine
 from omcp_py.errors import (
+    ConfigError,
+    EngineError,
     InvalidArgument,
     IsolationUnavailable,
     OmcpError,
@@ -34,15 +36,18 @@ from omcp_py.errors import (
     SandboxNotFound,
     SandboxStillActive,
 )
-from omcp_py.hardening import missing_limits, sandbox_run_kwargs
+from omcp_py.hardening import missing_limits, packages_volume, sandbox_run_kwargs
+from omcp_py.installer import Installer, RawInstall
 from omcp_py.models import (
     CreateSandboxResult,
     ExecutionResult,
+    InstallResult,
     ListSandboxesResult,
     RemoveSandboxResult,
     SandboxInfo,
 )
 from omcp_py.ownership import Owner
+from omcp_py.packages import explain_failure, parse_requirements, pip_arguments
 from omcp_py.runner.client import ExecStreamClosed, RawExecution, run_code
 
 log = logging.getLogger(__name__)
@@ -64,8 +69,18 @@ class Sandbox:
     created: float
     timeout: int
     last_used: float = 0.0
-    busy: bool = False
+    active: int = 0  # executions and installs under way
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+    install_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    packages_ready: bool = False  # its package volume belongs to the sandbox user
+
+    @property
+    def busy(self) -> bool:
+        return self.active > 0
+
+    @property
+    def volume(self) -> str:
+        return packages_volume(self.id)
 
     def idle_seconds(self, now: float) -> float:
         return 0.0 if self.busy else max(0.0, now - self.last_used)
@@ -82,6 +97,10 @@ class ContainerRecord:
     name: str
     labels: dict[str, str]
     running: bool
+
+    @property
+    def is_installer(self) -> bool:
+        return self.labels.get(ownership.ROLE) == "installer"
 
 
 class SandboxManager:
@@ -105,6 +124,7 @@ class SandboxManager:
         self._checked_client: Any = None
         self._exec_limiter: anyio.CapacityLimiter | None = None
         self._control_limiter: anyio.CapacityLimiter | None = None
+        self._install_limiter: anyio.CapacityLimiter | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -119,6 +139,8 @@ class SandboxManager:
         # (create, list, remove) have their own threads so they never queue behind it.
         self._exec_limiter = anyio.CapacityLimiter(self.config.max_sandboxes + 2)
         self._control_limiter = anyio.CapacityLimiter(8)
+        # Installs wait on pip for up to MAX_INSTALL_TIMEOUT: their own threads.
+        self._install_limiter = anyio.CapacityLimiter(self.config.max_sandboxes)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._reaper)
             try:
@@ -142,7 +164,14 @@ class SandboxManager:
         async with anyio.create_task_group() as tg:
             for container in containers:
                 tg.start_soon(self._remove_quietly, container.id)
-        log.info("removed %d sandbox(es) at exit", len(containers))
+        try:
+            mine = {ownership.OWNER: self.owner.instance}
+            for volume in await self._control(self._list_volumes, mine):
+                await self._control(self._remove_volume, volume)
+        except Exception as exc:
+            log.warning("could not remove this server's package volumes at exit: %s", exc)
+        sandboxes = sum(not c.is_installer for c in containers)
+        log.info("removed %d sandbox(es) at exit", sandboxes)
         self.engine.close()
 
     async def _remove_quietly(self, container_id: str) -> None:
@@ -178,11 +207,26 @@ class SandboxManager:
                 continue
             self._sandboxes.pop(sandbox.id, None)
             log.info("sandbox %s idle for %.0f s: removing it", sandbox.id, now - sandbox.last_used)
-            await self._control(self._remove_container, sandbox.container_id)
+            await self._control(self._destroy, sandbox.id, sandbox.container_id)
         orphans = await self._control(self._orphans)
         for container in orphans:
-            log.info("removing orphan sandbox %s of a server that is gone", container.name)
+            log.info("removing orphan container %s of a server that is gone", container.name)
             await self._control(self._remove_container, container.id)
+        await self._sweep_volumes()
+
+    async def _sweep_volumes(self) -> None:
+        """Remove package volumes whose sandbox is gone (ours, or of dead servers)."""
+        for volume, labels in await self._control(self._list_volume_labels):
+            if labels.get(ownership.OWNER) == self.owner.instance:
+                # Listed after it was made: it belongs to a sandbox in the cache or
+                # being created, unless that sandbox is gone.
+                sandbox_id = labels.get(ownership.SANDBOX_ID, "")
+                if sandbox_id in self._sandboxes or sandbox_id in self._creating:
+                    continue
+            elif not self.owner.is_orphan(labels):
+                continue
+            log.info("removing package volume %s: its sandbox is gone", volume)
+            await self._control(self._remove_volume, volume)
 
     # -- tools -------------------------------------------------------------------------
 
@@ -275,7 +319,7 @@ class SandboxManager:
                 f"Sandbox {sandbox_id} is still active. Use force=True to remove it."
             )
         self._sandboxes.pop(sandbox_id, None)
-        existed = await self._control(self._remove_container, sandbox.container_id)
+        existed = await self._control(self._destroy, sandbox_id, sandbox.container_id)
         if not existed:
             return RemoveSandboxResult(
                 success=True,
@@ -313,7 +357,7 @@ class SandboxManager:
         # One execution at a time per sandbox: cleaning up after a run kills every
         # process of the sandbox's user, so two runs must not share a sandbox.
         async with sandbox.lock:
-            sandbox.busy = True
+            sandbox.active += 1
             try:
                 raw = await self._run(
                     self._exec_limiter, self._execute_in, sandbox, payload, timeout
@@ -325,12 +369,56 @@ class SandboxManager:
                     self._sandboxes.pop(sandbox_id, None)
                 raise
             finally:
-                sandbox.busy = False
+                sandbox.active -= 1
                 sandbox.last_used = time.time()
         # remove_sandbox(force=True), or the engine, took it while the code ran.
         if self._sandboxes.get(sandbox_id) is not sandbox:
             raise _removed_during_run(sandbox_id)
         return self._result(raw, timeout)
+
+    async def install(self, sandbox_id: str, package: str, timeout: int) -> InstallResult:
+        """Install packages into a sandbox, from an installer container.
+
+        Args:
+            sandbox_id: the sandbox whose package volume receives them.
+            package: requirement specifiers separated by spaces.
+            timeout: seconds before the installer and all its processes are killed.
+
+        Returns:
+            The outcome; a failed install (unknown package, conflict, unreachable
+            index, timeout) is a normal result with ``success: false``.
+
+        Raises:
+            SandboxNotFound: no such sandbox, or it was removed during the install.
+            InvalidArgument: ``package`` is not a list of plain requirements.
+            DockerUnavailable: the engine cannot be reached.
+        """
+        sandbox = self._get(sandbox_id)
+        requirements = parse_requirements(package)
+        if not 1 <= timeout <= self.config.max_install_timeout:
+            raise InvalidArgument(
+                f"timeout={timeout} is out of range: use 1 to {self.config.max_install_timeout} "
+                f"seconds (MAX_INSTALL_TIMEOUT)."
+            )
+        sandbox.last_used = time.time()
+        # Installs into one sandbox take turns (they share its volume); executions
+        # and other sandboxes go on meanwhile.
+        async with sandbox.install_lock:
+            sandbox.active += 1
+            try:
+                raw = await self._run(
+                    self._install_limiter, self._install_in, sandbox, requirements, timeout
+                )
+            except OmcpError:
+                if self._sandboxes.get(sandbox_id) is not sandbox:
+                    raise _removed_during_install(sandbox_id) from None
+                raise
+            finally:
+                sandbox.active -= 1
+                sandbox.last_used = time.time()
+        if self._sandboxes.get(sandbox_id) is not sandbox or raw.vanished:
+            raise _removed_during_install(sandbox_id)
+        return self._install_result(raw, requirements, timeout)
 
     # -- helpers on the event loop -----------------------------------------------------
 
@@ -366,6 +454,38 @@ class SandboxManager:
                 f"(MAX_CODE_SIZE): send less, or write data to a file in a few steps."
             )
         return payload
+
+    def _install_result(
+        self, raw: RawInstall, requirements: list[str], timeout: int
+    ) -> InstallResult:
+        error = None
+        if raw.timed_out:
+            error = (
+                f"The install did not finish within {timeout} s: the installer and its "
+                f"processes were stopped, nothing new was installed, the sandbox is unharmed. "
+                f"Pass a larger timeout (large packages take minutes)."
+            )
+        elif raw.oom_killed:
+            error = (
+                f"The installer ran out of memory "
+                f"(SANDBOX_MEMORY={format_size(self.config.sandbox_memory)}); nothing new "
+                f"was installed."
+            )
+        elif raw.exit_code != 0:
+            error = explain_failure(raw.log, self.config)
+        elif not raw.installed:
+            error = "The installer reported success but the sandbox holds no package."
+        output = raw.log
+        return InstallResult(
+            success=error is None,
+            output=output,
+            error=error,
+            exit_code=raw.exit_code,
+            requested=requirements,
+            installed=raw.installed,
+            timed_out=raw.timed_out,
+            duration_ms=raw.duration_ms,
+        )
 
     def _result(self, raw: RawExecution, timeout: int) -> ExecutionResult:
         notices = []
@@ -409,6 +529,8 @@ class SandboxManager:
         )
         running = {}
         for container in containers:
+            if container.is_installer:
+                continue  # an install's own, removed when the install ends
             sandbox_id = container.labels.get(ownership.SANDBOX_ID)
             if container.running:
                 running[sandbox_id] = container
@@ -416,7 +538,7 @@ class SandboxManager:
                 continue
             else:
                 log.info("sandbox container %s has stopped: removing it", container.name)
-                await self._control(self._remove_container, container.id)
+                await self._control(self._destroy, sandbox_id or "", container.id)
         for sandbox_id in known & set(self._sandboxes):
             if sandbox_id not in running:
                 log.info("sandbox %s vanished from the engine: forgetting it", sandbox_id)
@@ -457,8 +579,9 @@ class SandboxManager:
             ownership.SANDBOX_ID: sandbox_id,
             ownership.CREATED: _iso(now),
             ownership.TIMEOUT: str(timeout),
+            ownership.ROLE: "sandbox",
         }
-        kwargs = sandbox_run_kwargs(self.config, labels)
+        kwargs = sandbox_run_kwargs(self.config, labels, packages_volume(sandbox_id))
         with self.engine.errors():
             try:
                 container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
@@ -475,17 +598,59 @@ class SandboxManager:
             try:
                 container.start()
             except docker.errors.APIError as exc:
-                self._remove_container(container.id)
+                self._destroy(sandbox_id, container.id)
                 raise SandboxCreateFailed(
                     f"The sandbox container did not start: {exc.explanation or exc}. "
                     f"DOCKER_IMAGE must have python3 on PATH."
                 ) from None
         if self._closing:  # the server shut down while this call was in flight
-            self._remove_container(container.id)
+            self._destroy(sandbox_id, container.id)
             raise SandboxCreateFailed("The server is shutting down.")
         return Sandbox(
             id=sandbox_id, container_id=container.id, created=now, timeout=timeout, last_used=now
         )
+
+    def _destroy(self, sandbox_id: str, container_id: str) -> bool:
+        """Remove a sandbox's container, any installer of it, then its package volume.
+
+        Returns:
+            False when the sandbox container was already gone.
+        """
+        if sandbox_id:
+            labels = {ownership.SANDBOX_ID: sandbox_id, ownership.ROLE: "installer"}
+            for installer in self._list_containers(labels):
+                self._remove_container(installer.id)
+        existed = self._remove_container(container_id)
+        if sandbox_id:
+            self._remove_volume(packages_volume(sandbox_id))
+        return existed
+
+    def _remove_volume(self, name: str) -> None:
+        import docker
+
+        client = self.engine.client()
+        with self.engine.errors():
+            try:
+                client.api.remove_volume(name)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # in use: the next sweep takes it
+                    raise
+                log.debug("package volume %s is still in use: %s", name, exc.explanation)
+
+    def _list_volume_labels(self) -> list[tuple[str, dict[str, str]]]:
+        client = self.engine.client()
+        with self.engine.errors():
+            answer = client.api.volumes(filters={"label": f"{ownership.MANAGED_BY}=omcp_py"})
+        return [(v["Name"], v.get("Labels") or {}) for v in answer.get("Volumes") or []]
+
+    def _list_volumes(self, labels: dict[str, str]) -> list[str]:
+        return [
+            name
+            for name, have in self._list_volume_labels()
+            if all(have.get(key) == value for key, value in labels.items())
+        ]
 
     def _remove_container(self, container_id: str) -> bool:
         """Force-remove a container; False when it was already gone."""
@@ -536,18 +701,65 @@ class SandboxManager:
                     client.api, sandbox.container_id, payload, timeout, self.config.output_limit
                 )
             except (docker.errors.NotFound, ExecStreamClosed):
-                self._remove_container(sandbox.container_id)
+                self._destroy(sandbox.id, sandbox.container_id)
                 raise gone from None
             except docker.errors.APIError as exc:
                 if exc.status_code == 409 or "is not running" in str(exc.explanation):
-                    self._remove_container(sandbox.container_id)
+                    self._destroy(sandbox.id, sandbox.container_id)
                     raise gone from None
                 raise
+
+    def _install_in(self, sandbox: Sandbox, requirements: list[str], timeout: int) -> RawInstall:
+        import docker
+
+        client = self.engine.client()
+        self._check_isolation(client)
+        installer = Installer(client, self.config)
+        labels = self.owner.labels() | {
+            ownership.SANDBOX_ID: sandbox.id,
+            ownership.ROLE: "installer",
+        }
+        with self.engine.errors():
+            try:
+                raw = installer.install(
+                    sandbox.volume,
+                    labels,
+                    pip_arguments(self.config, requirements),
+                    timeout,
+                    prepare=not sandbox.packages_ready,
+                )
+            except docker.errors.ImageNotFound:
+                raise EngineError(
+                    f"Docker image {self.config.docker_image!r} is gone from the engine: run "
+                    f"`docker pull {self.config.docker_image}`."
+                ) from None
+            except docker.errors.APIError as exc:
+                explanation = str(exc.explanation or exc)
+                if "bind source path does not exist" in explanation:
+                    raise ConfigError(
+                        f"The installer cannot start: {explanation}. PACKAGE_CA_BUNDLE and "
+                        f"PACKAGE_WHEELHOUSE must be paths that exist on the Docker host."
+                    ) from None
+                if "network" in explanation and "not found" in explanation:
+                    raise ConfigError(
+                        f"The installer cannot start: {explanation}. Set INSTALLER_NETWORK to "
+                        f"a network of the engine (docker network ls)."
+                    ) from None
+                raise
+        sandbox.packages_ready = sandbox.packages_ready or raw.prepared
+        return raw
 
 
 def _removed_during_run(sandbox_id: str) -> SandboxNotFound:
     return SandboxNotFound(
         f"Sandbox {sandbox_id} was removed while the code was running; its output is lost. "
+        f"Create a new one with create_sandbox."
+    )
+
+
+def _removed_during_install(sandbox_id: str) -> SandboxNotFound:
+    return SandboxNotFound(
+        f"Sandbox {sandbox_id} was removed during the install. "
         f"Create a new one with create_sandbox."
     )
 

@@ -122,8 +122,16 @@ def run_child(code):
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     # -I protected this program from files in the working directory; the code gets
     # the usual `python -c` search path back.
+    # PYTHONPATH holds the package volume: ahead of the image's own packages, so a
+    # version installed into the sandbox wins; its .pth files are honoured too.
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[0:0] = [""] + extra
+    if extra:
+        import site
+
+        for path in extra:
+            if os.path.isdir(path):
+                site.addsitedir(path)
     sys.argv = ["-c"]
     sys.dont_write_bytecode = True
     main = types.ModuleType("__main__")

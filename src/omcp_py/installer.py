@@ -1,0 +1,165 @@
+"""Host side of install_package: pip in a short-lived installer container.
+
+The installer is a separate container (networked, hardened like a sandbox, never
+running the user's code) that writes into the sandbox's package volume; the
+sandbox, which never has a network, sees the files at once through its read-only
+mount of that volume.
+
+Blocking (Docker calls): call it from a worker thread.
+"""
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from omcp_py.config import SandboxConfig
+from omcp_py.errors import EngineError
+from omcp_py.hardening import installer_run_kwargs, volume_owner_kwargs
+
+log = logging.getLogger(__name__)
+
+MARKER = "@@omcp-install-result@@"
+# The script in the container caps pip's log at about 64 KiB; this bounds what we
+# read even if something else writes to its stdout.
+_LOG_CAP = 256 * 1024
+
+
+@dataclass
+class RawInstall:
+    """What one installer run produced, before it becomes a tool result."""
+
+    exit_code: int
+    log: str
+    installed: list[str] = field(default_factory=list)
+    timed_out: bool = False
+    oom_killed: bool = False
+    vanished: bool = False  # the installer container was removed under us
+    duration_ms: float = 0.0
+    prepared: bool = False  # the volume belongs to the sandbox user now
+
+
+class Installer:
+    """Runs installer containers for the sandboxes of one server."""
+
+    def __init__(self, client: Any, config: SandboxConfig) -> None:
+        """Args:
+        client: a connected ``docker.DockerClient``.
+        config: the server's settings.
+        """
+        self.client = client
+        self.config = config
+
+    def install(
+        self,
+        volume: str,
+        labels: dict[str, str],
+        pip_args: list[str],
+        timeout: float,
+        prepare: bool,
+    ) -> RawInstall:
+        """Run pip once against ``volume``; stop it (and all its processes) at ``timeout``.
+
+        Args:
+            volume: the sandbox's package volume.
+            labels: ownership labels for the installer container.
+            pip_args: options and requirements for ``pip install --target``.
+            timeout: seconds the whole install may take.
+            prepare: first install of this volume: hand it to the sandbox user first.
+
+        Returns:
+            The outcome; a failing pip is a normal outcome.
+
+        Raises:
+            EngineError: the volume could not be prepared.
+        """
+        started = time.monotonic()
+        if prepare:
+            kwargs = volume_owner_kwargs(self.config, labels, volume)
+            code, output, state = self._run_to_end(kwargs, timeout)
+            if state.get("timed_out") or state.get("vanished"):
+                return RawInstall(
+                    exit_code=code,
+                    log=output,
+                    timed_out=bool(state.get("timed_out")),
+                    vanished=bool(state.get("vanished")),
+                    duration_ms=round((time.monotonic() - started) * 1000, 3),
+                )
+            if code != 0:
+                raise EngineError(
+                    f"Preparing the sandbox's package volume failed (exit {code}): "
+                    f"{output.strip()[-300:]}. DOCKER_IMAGE must have python3 on PATH."
+                )
+        remaining = max(1.0, timeout - (time.monotonic() - started))
+        kwargs = installer_run_kwargs(self.config, labels, volume, pip_args)
+        code, output, state = self._run_to_end(kwargs, remaining)
+        log_text, installed = output, []
+        if MARKER in output:
+            log_text, _, trailer = output.rpartition(MARKER)
+            try:
+                result = json.loads(trailer)
+                installed = [str(item) for item in result["installed"]]
+                code = int(result["exit_code"])
+            except (ValueError, KeyError, TypeError):
+                log_text = output
+        return RawInstall(
+            exit_code=code,
+            log=log_text.strip("\n"),
+            installed=installed,
+            timed_out=bool(state.get("timed_out")),
+            oom_killed=bool(state.get("oom_killed")),
+            vanished=bool(state.get("vanished")),
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+            prepared=True,
+        )
+
+    def _run_to_end(self, kwargs: dict[str, Any], timeout: float) -> tuple[int, str, dict]:
+        """Create, start and wait for a container; always remove it.
+
+        Returns:
+            (exit code, its output, {"timed_out", "oom_killed", "vanished"}).
+        """
+        import docker
+        import requests
+
+        api = self.client.api
+        name = f"omcp-install-{uuid.uuid4().hex[:12]}"
+        container = self.client.containers.create(name=name, **kwargs)
+        state: dict[str, bool] = {}
+        code = -1
+        output = ""
+        try:
+            container.start()
+            try:
+                code = int(api.wait(container.id, timeout=timeout)["StatusCode"])
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+                # Over a unix socket a read timeout arrives as a ConnectionError.
+                if "timed out" not in str(exc):
+                    raise
+                state["timed_out"] = True
+                with contextlib.suppress(docker.errors.APIError):
+                    api.kill(container.id)
+                code = 137
+            try:
+                raw = api.logs(container.id, stdout=True, stderr=True)
+                output = raw[-_LOG_CAP:].decode("utf-8", errors="replace")
+                inspected = api.inspect_container(container.id)
+                state["oom_killed"] = bool(inspected["State"]["OOMKilled"])
+            except docker.errors.APIError as exc:
+                # 404, or 409 "marked for removal": remove_sandbox took it meanwhile.
+                if exc.status_code not in (404, 409):
+                    raise
+                state["vanished"] = True
+        except docker.errors.NotFound:
+            state["vanished"] = True
+        finally:
+            with contextlib.suppress(docker.errors.NotFound):
+                try:
+                    api.remove_container(container.id, force=True)
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # 409: a removal is already under way
+                        log.warning("could not remove installer %s: %s", name, exc)
+        return code, output, state

@@ -1,0 +1,116 @@
+# Runs pip in an installer container (never in a sandbox). Stdlib only, Python 3.8+;
+# started as `python3 -I -c SOURCE TARGET PIP_ARGS...` by the engine, as the sandbox
+# user, with the sandbox's package volume mounted read-write at TARGET.
+#
+# stdout: pip's output (its head, then a rolling tail: bounded whatever pip prints),
+# then one line `MARKER {json}` with pip's exit code and the distributions now in TARGET.
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+MARKER = "@@omcp-install-result@@"
+HEAD = 16 * 1024
+TAIL = 48 * 1024
+
+
+def write(data):
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def run_pip(target, pip_args, tmp):
+    # pip stages every install under TMPDIR; on the volume itself, the final move
+    # into TARGET is a rename, and memory (tmpfs) is not spent on it.
+    env = dict(os.environ, TMPDIR=tmp)
+    command = [sys.executable, "-m", "pip", "install", "--target", target] + pip_args
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    head_left = HEAD
+    tail = bytearray()
+    dropped = 0
+    while True:
+        data = os.read(proc.stdout.fileno(), 65536)
+        if not data:
+            break
+        if head_left:
+            chunk = data[:head_left]
+            write(chunk)
+            head_left -= len(chunk)
+            data = data[len(chunk) :]
+        if data:
+            tail += data
+            excess = len(tail) - TAIL
+            if excess > 0:
+                dropped += excess
+                del tail[:excess]
+    code = proc.wait()
+    if dropped:
+        write(("\n[... %d bytes of pip's log left out ...]\n" % dropped).encode())
+    write(bytes(tail))
+    return code
+
+
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_metadata(path):
+    name = version = None
+    try:
+        with open(os.path.join(path, "METADATA"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                if key == "Name":
+                    name = value.strip()
+                elif key == "Version":
+                    version = value.strip()
+    except OSError:
+        pass
+    return name, version
+
+
+def distributions(target):
+    """name==version of each distribution in TARGET; stale copies removed.
+
+    pip --target --upgrade replaces a package's files but leaves the dist-info of
+    the version it replaced: the newest one is the one installed.
+    """
+    found = {}
+    for entry in os.listdir(target):
+        if not entry.endswith(".dist-info"):
+            continue
+        path = os.path.join(target, entry)
+        name, version = read_metadata(path)
+        if not name or not version:
+            continue
+        found.setdefault(canonical(name), []).append((os.stat(path).st_mtime, path, name, version))
+    result = []
+    for copies in found.values():
+        copies.sort()
+        for _, stale, _, _ in copies[:-1]:
+            shutil.rmtree(stale, ignore_errors=True)
+        _, _, name, version = copies[-1]
+        result.append("%s==%s" % (name, version))
+    return sorted(result, key=str.lower)
+
+
+def main():
+    target = sys.argv[1]
+    tmp = os.path.join(target, ".omcp-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an installer that was killed
+    os.makedirs(tmp)
+    try:
+        code = run_pip(target, sys.argv[2:], tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {"exit_code": code, "installed": distributions(target)}
+    write(("\n%s %s\n" % (MARKER, json.dumps(result))).encode())
+
+
+main()
