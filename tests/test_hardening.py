@@ -70,7 +70,7 @@ def test_environment_is_fixed_not_inherited(monkeypatch) -> None:
         "LANG",
         "PYTHONDONTWRITEBYTECODE",
         "MPLBACKEND",
-        "PYTHONPATH",
+        "PYTHONUSERBASE",
     }
     assert "SECRET_TOKEN" not in env and env["HOME"] == "/home/sandbox"
 

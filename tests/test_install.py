@@ -6,6 +6,7 @@ served by this test process, which also serves a package whose build reports, fr
 inside the installer, how that installer is confined.
 """
 
+import ast
 import base64
 import functools
 import hashlib
@@ -267,6 +268,20 @@ async def test_wheelhouse_installs_with_no_index(
         assert (await server.run(first, "import omcp_demo; print(omcp_demo.VALUE)"))[
             "output"
         ] == "42\n"
+        # Both the runner and a python the code starts put it where python puts a user
+        # site: the first site directory, so the image's own packages come after it.
+        sites = "[p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))]"
+        child_code = f"import omcp_demo, sys; print(omcp_demo.__file__); print({sites})"
+        child = await server.run(
+            first,
+            f"import subprocess, sys\nprint({sites})\n"
+            f"subprocess.run([sys.executable, '-c', {child_code!r}], check=True)\n",
+        )
+        in_runner, where, in_child = child["output"].splitlines()
+        user_site = where.rsplit("/", 1)[0]
+        assert user_site.startswith("/opt/omcp/packages/lib/python3"), child
+        assert ast.literal_eval(in_runner)[0] == user_site, in_runner
+        assert ast.literal_eval(in_child)[0] == user_site, in_child
         # Installs go to one sandbox only.
         other = await server.run(second, "import omcp_demo")
         assert other["success"] is False and "ModuleNotFoundError" in other["error"]

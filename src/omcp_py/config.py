@@ -159,6 +159,12 @@ class SandboxConfig(BaseSettings):
         True,
         description="Allow building packages from source when no wheel fits (wheels preferred).",
     )
+    installer_cpus: float = Field(
+        1.0,
+        gt=0,
+        le=64,
+        description="CPUs the installer container may use (pip unpacks and byte-compiles).",
+    )
     installer_network: str = Field(
         "bridge",
         min_length=1,

@@ -12,8 +12,8 @@ from omcp_py.runner import INIT_SOURCE, INSTALL_SOURCE
 SANDBOX_USER = "1000:1000"
 WORKDIR = "/sandbox"
 HOME = "/home/sandbox"
-# The sandbox's package volume: read-only inside the sandbox, written only by the
-# installer. Not noexec, so compiled extensions load.
+# The sandbox's package volume, a pip "user base": read-only inside the sandbox,
+# written only by the installer. Not noexec, so compiled extensions load.
 PACKAGES_DIR = "/opt/omcp/packages"
 WHEELHOUSE_DIR = "/opt/omcp/wheelhouse"
 CA_BUNDLE = "/etc/omcp/ca-bundle.crt"
@@ -75,8 +75,9 @@ def sandbox_run_kwargs(
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
             "MPLBACKEND": "Agg",
-            # Read by the runner (python -I ignores it) and by any python the code starts.
-            "PYTHONPATH": PACKAGES_DIR,
+            # Installed packages live in this user base: the runner adds its site dir
+            # (python -I would not), and any python the code starts adds it too.
+            "PYTHONUSERBASE": PACKAGES_DIR,
         },
         # No network at all: the container gets its own namespace with loopback only
         # (and is created about twice as fast as with network_mode="none").
@@ -151,6 +152,11 @@ def installer_run_kwargs(
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
         "PIP_NO_CACHE_DIR": "1",
+        # pip --user into the volume: pip sees what is installed there already.
+        "PYTHONUSERBASE": _INSTALL_TARGET,
+        # Images that mark their Python as externally managed (PEP 668) refuse --user;
+        # the volume is no system's package set.
+        "PIP_BREAK_SYSTEM_PACKAGES": "1",
     }
     mounts = [Mount(_INSTALL_TARGET, volume, type="volume", no_copy=True)]
     if config.package_ca_bundle:
@@ -171,6 +177,9 @@ def installer_run_kwargs(
         "environment": environment,
         **network,
         **_limits(config),
+        # Byte-compiling a large package is CPU-bound: at the sandbox's share it is
+        # most of an install's time.
+        "nano_cpus": int(config.installer_cpus * 1e9),
         "tmpfs": {
             "/tmp": _tmpfs(config.sandbox_tmp_size, "1777", owned=False),
             HOME: _tmpfs(config.sandbox_home_size, "0700", owned=True),

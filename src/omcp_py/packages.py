@@ -86,9 +86,6 @@ def pip_arguments(config: SandboxConfig, requirements: list[str]) -> list[str]:
         Options first, then ``--`` and the requirements, one argument each.
     """
     args = [
-        # A requirement asked again replaces what is there (pip --target keeps the
-        # old files otherwise, and says so only in a warning).
-        "--upgrade",
         "--no-input",
         "--disable-pip-version-check",
         "--no-cache-dir",

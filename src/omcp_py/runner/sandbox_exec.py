@@ -122,16 +122,9 @@ def run_child(code):
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     # -I protected this program from files in the working directory; the code gets
     # the usual `python -c` search path back.
-    # PYTHONPATH holds the package volume: ahead of the image's own packages, so a
-    # version installed into the sandbox wins; its .pth files are honoured too.
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[0:0] = [""] + extra
-    if extra:
-        import site
-
-        for path in extra:
-            if os.path.isdir(path):
-                site.addsitedir(path)
+    add_user_site()
     sys.argv = ["-c"]
     sys.dont_write_bytecode = True
     main = types.ModuleType("__main__")
@@ -155,6 +148,26 @@ def run_child(code):
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
         sys.exit(1)
     sys.exit(0)
+
+
+def add_user_site():
+    # Packages installed into the sandbox live in the user base PYTHONUSERBASE names;
+    # -I left its site dir out. It goes where `python` puts it: ahead of the image's
+    # site-packages (an installed version wins), behind the standard library.
+    if not os.environ.get("PYTHONUSERBASE"):
+        return
+    import site
+
+    user_site = site.getusersitepackages()
+    if not os.path.isdir(user_site) or user_site in sys.path:
+        return
+    index = len(sys.path)
+    for i, path in enumerate(sys.path):
+        if path.endswith(("site-packages", "dist-packages")):
+            index = i
+            break
+    sys.path.insert(index, user_site)
+    site.addsitedir(user_site)  # its .pth files
 
 
 def read_job():

@@ -1,13 +1,15 @@
 # Runs pip in an installer container (never in a sandbox). Stdlib only, Python 3.8+;
 # started as `python3 -I -c SOURCE TARGET PIP_ARGS...` by the engine, as the sandbox
-# user, with the sandbox's package volume mounted read-write at TARGET.
+# user, with the sandbox's package volume mounted read-write at TARGET, which is
+# also PYTHONUSERBASE: `pip install --user` writes there, and sees (so does not fetch
+# again, and upgrades or downgrades properly) what earlier installs put there.
 #
 # stdout: pip's output (its head, then a rolling tail: bounded whatever pip prints),
-# then one line `MARKER {json}` with pip's exit code and the distributions now in TARGET.
+# then one line `MARKER {json}` with pip's exit code and the distributions now there.
 import json
 import os
-import re
 import shutil
+import site
 import subprocess
 import sys
 
@@ -21,11 +23,10 @@ def write(data):
     sys.stdout.buffer.flush()
 
 
-def run_pip(target, pip_args, tmp):
-    # pip stages every install under TMPDIR; on the volume itself, the final move
-    # into TARGET is a rename, and memory (tmpfs) is not spent on it.
+def run_pip(pip_args, tmp):
+    # pip downloads and unpacks under TMPDIR: on the volume, not in memory (tmpfs).
     env = dict(os.environ, TMPDIR=tmp)
-    command = [sys.executable, "-m", "pip", "install", "--target", target] + pip_args
+    command = [sys.executable, "-m", "pip", "install", "--user"] + pip_args
     proc = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
     )
@@ -54,10 +55,6 @@ def run_pip(target, pip_args, tmp):
     return code
 
 
-def canonical(name):
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def read_metadata(path):
     name = version = None
     try:
@@ -75,28 +72,17 @@ def read_metadata(path):
     return name, version
 
 
-def distributions(target):
-    """name==version of each distribution in TARGET; stale copies removed.
-
-    pip --target --upgrade replaces a package's files but leaves the dist-info of
-    the version it replaced: the newest one is the one installed.
-    """
-    found = {}
-    for entry in os.listdir(target):
-        if not entry.endswith(".dist-info"):
-            continue
-        path = os.path.join(target, entry)
-        name, version = read_metadata(path)
-        if not name or not version:
-            continue
-        found.setdefault(canonical(name), []).append((os.stat(path).st_mtime, path, name, version))
+def distributions():
+    """name==version of each distribution in the user site."""
+    user_site = site.getusersitepackages()
+    if not os.path.isdir(user_site):
+        return []
     result = []
-    for copies in found.values():
-        copies.sort()
-        for _, stale, _, _ in copies[:-1]:
-            shutil.rmtree(stale, ignore_errors=True)
-        _, _, name, version = copies[-1]
-        result.append("%s==%s" % (name, version))
+    for entry in os.listdir(user_site):
+        if entry.endswith(".dist-info"):
+            name, version = read_metadata(os.path.join(user_site, entry))
+            if name and version:
+                result.append("%s==%s" % (name, version))
     return sorted(result, key=str.lower)
 
 
@@ -106,10 +92,10 @@ def main():
     shutil.rmtree(tmp, ignore_errors=True)  # left by an installer that was killed
     os.makedirs(tmp)
     try:
-        code = run_pip(target, sys.argv[2:], tmp)
+        code = run_pip(sys.argv[2:], tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {"exit_code": code, "installed": distributions(target)}
+    result = {"exit_code": code, "installed": distributions()}
     write(("\n%s %s\n" % (MARKER, json.dumps(result))).encode())
 
 
