@@ -428,3 +428,14 @@ async def test_package_volumes_follow_their_sandbox(
     # Shutdown removes what is left.
     assert _volumes(docker_client, kept) == []
     assert not docker_client.volumes.list(filters={"label": "omcp_py.managed-by=omcp_py"})
+
+
+async def test_an_unreachable_index_is_named(tmp_path: Path) -> None:
+    # Inside the installer 127.0.0.1 is the installer itself: nothing listens there.
+    index = "http://127.0.0.1:9/simple/"
+    async with start_server({"PACKAGE_INDEX_URL": index}, cwd=tmp_path) as server:
+        sid = await server.create()
+        result = await _install(server, sid, "six")
+        assert result["success"] is False and result["timed_out"] is False
+        assert result["error"].startswith(f"The package index {index} could not be reached")
+        assert "Connection refused" in result["output"]
