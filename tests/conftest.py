@@ -134,19 +134,24 @@ def container_of(client: docker.DockerClient, sandbox_id: str) -> Any:
     return found[0]
 
 
-def processes_in(container: Any) -> list[str]:
-    """'pid state cmdline' of every process in the container but the lister itself."""
+def processes_in(container: Any, warm: bool = False) -> list[str]:
+    """'pid state (name) cmdline' of every process in the container but the lister
+    itself, and (unless ``warm``) the runner's warm child, waiting for the next run."""
     code = (
         "import os\n"
         "me = os.getpid()\n"
         "for p in os.listdir('/proc'):\n"
         "    if p.isdigit() and int(p) != me:\n"
         "        try:\n"
-        "            st = open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0]\n"
+        "            stat = open(f'/proc/{p}/stat').read()\n"
+        f"            if stat.split(' (', 1)[1].startswith('omcp-ready)') and not {warm}:\n"
+        "                continue\n"
+        "            st = stat.rsplit(')', 1)[1].split()[0]\n"
+        "            name = stat.split(' ', 1)[1].rsplit(')', 1)[0] + ')'\n"
         "            cmd = open(f'/proc/{p}/cmdline', 'rb').read().replace(b'\\0', b' ')[:60]\n"
         "        except OSError:\n"
         "            continue\n"
-        "        print(p, st, cmd.decode(errors='replace'))\n"
+        "        print(p, st, name, cmd.decode(errors='replace'))\n"
     )
     result = container.exec_run(["python3", "-c", code], user="0")
     return [line for line in result.output.decode().splitlines() if line.strip()]

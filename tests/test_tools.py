@@ -13,6 +13,7 @@ TOOLS = {
     "remove_sandbox",
     "execute_python_code",
     "install_package",
+    "reset_sandbox_state",
 }
 
 

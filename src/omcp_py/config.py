@@ -127,6 +127,15 @@ class SandboxConfig(BaseSettings):
         30, ge=1, le=600, description="Seconds to wait for one Docker API call."
     )
 
+    sandbox_pool_size: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description=(
+            "Sandboxes kept ready so create_sandbox answers at once (0: none); they count "
+            "against MAX_SANDBOXES."
+        ),
+    )
     max_install_timeout: int = Field(
         900, ge=1, le=86400, description="Largest timeout install_package accepts, in seconds."
     )

@@ -7,7 +7,7 @@ The behaviour each option promises is tested from inside a real container.
 from typing import Any
 
 from omcp_py.config import SandboxConfig
-from omcp_py.runner import INIT_SOURCE, INSTALL_SOURCE
+from omcp_py.runner import INSTALL_SOURCE, RUNNER_SOURCE
 
 SANDBOX_USER = "1000:1000"
 WORKDIR = "/sandbox"
@@ -60,10 +60,12 @@ def sandbox_run_kwargs(
 
     return {
         "image": config.docker_image,
-        # Our own PID 1 (not docker's tini): it reaps zombies and, being the
-        # namespace's init, cannot be killed by the sandbox's code, so cleaning up
-        # an execution with kill(-1) never stops the sandbox.
-        "command": ["python3", "-I", "-c", INIT_SOURCE],
+        # PID 1 is our runner (not docker's tini): it reaps zombies, runs every
+        # execution as a fork of itself, and being the namespace's init it cannot be
+        # killed by the sandbox's code, so its kill(-1) after a run never stops the
+        # sandbox. The host reaches it on the container's stdin/stdout (attach).
+        "command": ["python3", "-I", "-c", RUNNER_SOURCE],
+        "stdin_open": True,
         "labels": labels,
         "hostname": "sandbox",
         "user": SANDBOX_USER,

@@ -31,6 +31,7 @@ from omcp_py.models import (
     InstallResult,
     ListSandboxesResult,
     RemoveSandboxResult,
+    ResetStateResult,
 )
 from omcp_py.sandbox_manager import SandboxManager
 
@@ -123,13 +124,21 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
         timeout: Annotated[
             int, Field(ge=1, le=86400, description="Idle seconds before the sandbox is removed.")
         ] = config.sandbox_timeout,
+        stateful: Annotated[
+            bool,
+            Field(
+                description="Keep variables, imports and data between executions, like a "
+                "notebook (default: each execution starts fresh)."
+            ),
+        ] = False,
     ) -> CreateSandboxResult:
         """Create an isolated Python sandbox (no network, limited memory and CPU); returns its id.
 
         Args:
             timeout: idle seconds after which the sandbox and its files are removed.
+            stateful: executions share one interpreter, so variables survive between them.
         """
-        return await _manager(ctx).create(timeout)
+        return await _manager(ctx).create(timeout, stateful)
 
     @server.tool(
         title="List sandboxes",
@@ -187,9 +196,11 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             ),
         ] = config.execution_timeout,
     ) -> ExecutionResult:
-        """Run Python code in a sandbox as a fresh process; returns stdout, stderr and exit code.
+        """Run Python code in a sandbox; returns stdout, stderr and exit code.
 
-        Files written under /sandbox (the working directory) stay for the next run.
+        Each run starts fresh, unless the sandbox was created with stateful=true (then
+        variables and imports of earlier runs are there). Files written under /sandbox
+        (the working directory) stay for the next run either way.
         Code that raises is a normal result with success false and the traceback in error.
 
         Args:
@@ -198,6 +209,19 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             timeout: seconds before the run is killed.
         """
         return await _manager(ctx).execute(sandbox_id, code, timeout)
+
+    @server.tool(
+        title="Reset a stateful sandbox",
+        annotations=_hints(destructive=True, idempotent=True),
+    )
+    @tool_errors
+    async def reset_sandbox_state(ctx: Context, sandbox_id: SandboxId) -> ResetStateResult:
+        """Forget the variables, imports and data of a stateful sandbox; its files stay.
+
+        Args:
+            sandbox_id: a sandbox created with stateful=true.
+        """
+        return await _manager(ctx).reset_state(sandbox_id)
 
     @server.tool(
         title="Install Python packages",

@@ -11,6 +11,9 @@ class CreateSandboxResult(BaseModel):
     created_at: str = Field(description="When it was created (ISO 8601, UTC).")
     last_used: str = Field(description="When it was last used (ISO 8601, UTC).")
     timeout: int = Field(description="Idle seconds after which it is removed.")
+    stateful: bool = Field(
+        default=False, description="True: executions share variables, imports and data."
+    )
 
 
 class SandboxInfo(BaseModel):
@@ -54,6 +57,19 @@ class ExecutionResult(BaseModel):
     truncated: bool = Field(
         default=False, description="True when output was cut to OUTPUT_LIMIT (head and tail kept)."
     )
+    state: str | None = Field(
+        default=None,
+        description="Stateful sandboxes only: 'kept' (earlier variables were there), 'fresh' "
+        "(a new interpreter: first run, after a reset, or after the last one died), 'lost' "
+        "(the interpreter died in this run; the next run starts fresh). Null when stateless.",
+    )
+
+
+class ResetStateResult(BaseModel):
+    """Outcome of reset_sandbox_state."""
+
+    success: bool = Field(description="True: the next execution starts with fresh state.")
+    message: str = Field(description="What happened.")
 
 
 class InstallResult(BaseModel):

@@ -44,11 +44,13 @@ from omcp_py.models import (
     InstallResult,
     ListSandboxesResult,
     RemoveSandboxResult,
+    ResetStateResult,
     SandboxInfo,
 )
 from omcp_py.ownership import Owner
 from omcp_py.packages import explain_failure, parse_requirements, pip_arguments
-from omcp_py.runner.client import ExecStreamClosed, RawExecution, run_code
+from omcp_py.pool import WarmPool
+from omcp_py.runner.client import RawExecution, RunnerConnection, RunnerGone
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class Sandbox:
     container_id: str
     created: float
     timeout: int
+    stateful: bool = False
+    runner: RunnerConnection | None = None  # the attached stdin/stdout of its PID 1
     last_used: float = 0.0
     active: int = 0  # executions and installs under way
     lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -125,6 +129,12 @@ class SandboxManager:
         self._exec_limiter: anyio.CapacityLimiter | None = None
         self._control_limiter: anyio.CapacityLimiter | None = None
         self._install_limiter: anyio.CapacityLimiter | None = None
+        self.pool = WarmPool(
+            config.sandbox_pool_size,
+            make=lambda sandbox_id: self._control(self._create_container, sandbox_id),
+            headroom=lambda: self._containers() < config.max_sandboxes,
+            new_id=_new_id,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -143,6 +153,8 @@ class SandboxManager:
         self._install_limiter = anyio.CapacityLimiter(self.config.max_sandboxes)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._reaper)
+            # Filled in the background: initialize never waits for it.
+            tg.start_soon(self.pool.fill)
             try:
                 yield self
             finally:
@@ -154,6 +166,7 @@ class SandboxManager:
         """Remove every sandbox this server owns (on the engine, not only in the cache)."""
         self._closing = True
         self._sandboxes.clear()
+        self.pool.clear()
         try:
             containers = await self._control(
                 self._list_containers, {ownership.OWNER: self.owner.instance}
@@ -223,6 +236,8 @@ class SandboxManager:
                 sandbox_id = labels.get(ownership.SANDBOX_ID, "")
                 if sandbox_id in self._sandboxes or sandbox_id in self._creating:
                     continue
+                if sandbox_id in self.pool.ids():
+                    continue
             elif not self.owner.is_orphan(labels):
                 continue
             log.info("removing package volume %s: its sandbox is gone", volume)
@@ -230,11 +245,12 @@ class SandboxManager:
 
     # -- tools -------------------------------------------------------------------------
 
-    async def create(self, timeout: int) -> CreateSandboxResult:
-        """Create and start a hardened sandbox.
+    async def create(self, timeout: int, stateful: bool = False) -> CreateSandboxResult:
+        """Hand over a hardened sandbox: a ready one from the pool, or a new one.
 
         Args:
             timeout: idle seconds before the sandbox expires.
+            stateful: its executions share one interpreter (variables survive).
 
         Returns:
             The new sandbox's id and timestamps.
@@ -246,17 +262,30 @@ class SandboxManager:
         """
         if self._full():
             await self._reconcile()  # sandboxes removed behind our back free their slots
-        if self._full():
-            raise SandboxLimitReached(
-                f"Maximum number of sandboxes reached ({self.config.max_sandboxes}): remove one "
-                f"with remove_sandbox (list_sandboxes shows them), or raise MAX_SANDBOXES."
-            )
-        sandbox_id = _new_id()
-        self._creating.add(sandbox_id)  # no await between the check above and this reservation
-        try:
-            sandbox = await self._control(self._create_container, sandbox_id, timeout)
-        finally:
-            self._creating.discard(sandbox_id)
+        while True:
+            if self._full():
+                raise SandboxLimitReached(
+                    f"Maximum number of sandboxes reached ({self.config.max_sandboxes}): remove "
+                    f"one with remove_sandbox (list_sandboxes shows them), or raise MAX_SANDBOXES."
+                )
+            sandbox = self.pool.take()
+            if sandbox is not None:
+                break
+            if self._containers() >= self.config.max_sandboxes:
+                # The last free slots are pool sandboxes still being made: wait for one.
+                await self.pool.changed()
+                continue
+            sandbox_id = _new_id()
+            self._creating.add(sandbox_id)  # no await between the checks and this reservation
+            try:
+                sandbox = await self._control(self._create_container, sandbox_id)
+            finally:
+                self._creating.discard(sandbox_id)
+            break
+        now = time.time()
+        sandbox.created = sandbox.last_used = now
+        sandbox.timeout = timeout
+        sandbox.stateful = stateful
         self._sandboxes[sandbox.id] = sandbox
         log.info("created sandbox %s (timeout %d s)", sandbox.id, timeout)
         return CreateSandboxResult(
@@ -265,6 +294,7 @@ class SandboxManager:
             created_at=_iso(sandbox.created),
             last_used=_iso(sandbox.last_used),
             timeout=sandbox.timeout,
+            stateful=sandbox.stateful,
         )
 
     async def list(self, include_inactive: bool = False) -> ListSandboxesResult:
@@ -319,6 +349,8 @@ class SandboxManager:
                 f"Sandbox {sandbox_id} is still active. Use force=True to remove it."
             )
         self._sandboxes.pop(sandbox_id, None)
+        if sandbox.runner is not None:
+            sandbox.runner.close()
         existed = await self._control(self._destroy, sandbox_id, sandbox.container_id)
         if not existed:
             return RemoveSandboxResult(
@@ -374,7 +406,41 @@ class SandboxManager:
         # remove_sandbox(force=True), or the engine, took it while the code ran.
         if self._sandboxes.get(sandbox_id) is not sandbox:
             raise _removed_during_run(sandbox_id)
-        return self._result(raw, timeout)
+        return self._result(raw, timeout, sandbox.stateful)
+
+    async def reset_state(self, sandbox_id: str) -> ResetStateResult:
+        """Drop the variables, imports and data of a stateful sandbox.
+
+        Args:
+            sandbox_id: a sandbox created with stateful=True.
+
+        Returns:
+            What was done; files in the sandbox stay.
+
+        Raises:
+            SandboxNotFound: no such sandbox.
+            InvalidArgument: the sandbox is stateless (every run starts fresh already).
+        """
+        sandbox = self._get(sandbox_id)
+        if not sandbox.stateful:
+            raise InvalidArgument(
+                f"Sandbox {sandbox_id} is stateless: every execution already starts fresh. "
+                f"Create one with create_sandbox(stateful=true) to keep state between runs."
+            )
+        sandbox.last_used = time.time()
+        async with sandbox.lock:
+            sandbox.active += 1
+            try:
+                had_state = await self._run(self._exec_limiter, self._reset_in, sandbox)
+            finally:
+                sandbox.active -= 1
+                sandbox.last_used = time.time()
+        message = (
+            "The interpreter was ended: the next execution starts with fresh state."
+            if had_state
+            else "There was no state to drop: the next execution starts fresh."
+        )
+        return ResetStateResult(success=True, message=message + " Files in /sandbox are kept.")
 
     async def install(self, sandbox_id: str, package: str, timeout: int) -> InstallResult:
         """Install packages into a sandbox, from an installer container.
@@ -423,7 +489,13 @@ class SandboxManager:
     # -- helpers on the event loop -----------------------------------------------------
 
     def _full(self) -> bool:
+        """No sandbox can be handed over: the limit counts sandboxes in use."""
         return len(self._sandboxes) + len(self._creating) >= self.config.max_sandboxes
+
+    def _containers(self) -> int:
+        """Sandbox containers this server has or is making, the pool's included."""
+        pool = len(self.pool.ready) + len(self.pool.making)
+        return len(self._sandboxes) + len(self._creating) + pool
 
     def _get(self, sandbox_id: str) -> Sandbox:
         sandbox = self._sandboxes.get(sandbox_id) if _ID.match(sandbox_id) else None
@@ -487,8 +559,21 @@ class SandboxManager:
             duration_ms=raw.duration_ms,
         )
 
-    def _result(self, raw: RawExecution, timeout: int) -> ExecutionResult:
+    def _result(self, raw: RawExecution, timeout: int, stateful: bool) -> ExecutionResult:
         notices = []
+        state = None
+        if stateful:
+            state = "kept"
+            if raw.state.get("killed"):
+                state = "lost"
+            elif raw.state.get("fresh"):
+                state = "fresh"
+            previous = raw.state.get("previous_lost")
+            if previous:
+                notices.append(
+                    f"The previous interpreter of this stateful sandbox died ({previous}): this "
+                    f"run started with fresh state; earlier variables and imports are gone."
+                )
         if raw.timed_out:
             notices.append(
                 f"Execution timed out after {timeout} s: every process it started was killed. "
@@ -501,9 +586,16 @@ class SandboxManager:
             )
         if raw.supervisor_lost:
             notices.append(
-                "The execution's supervisor was killed (by the code itself?); every process "
-                "the code started was killed."
+                "The sandbox's runner did not answer in time; every process of the run was "
+                "killed from outside."
             )
+        if stateful and raw.state.get("killed") and not raw.timed_out:
+            notices.append(
+                f"The interpreter died during this run ({raw.state['killed']}): its state is "
+                f"lost, and the next run starts fresh."
+            )
+        elif stateful and raw.timed_out:
+            notices.append("The interpreter was ended with the run: the next run starts fresh.")
         error = raw.stderr
         if notices:
             error = (error.rstrip("\n") + "\n" if error else "") + "\n".join(
@@ -517,6 +609,7 @@ class SandboxManager:
             timed_out=raw.timed_out,
             duration_ms=raw.duration_ms,
             truncated=raw.truncated,
+            state=state,
         )
 
     async def _reconcile(self) -> None:
@@ -524,6 +617,7 @@ class SandboxManager:
         # Only sandboxes known before the listing can be judged by it: one created while
         # the listing was in flight is missing from it, not gone.
         known = set(self._sandboxes)
+        known_pool = {s.id for s in self.pool.ready}
         containers = await self._control(
             self._list_containers, {ownership.OWNER: self.owner.instance}
         )
@@ -534,7 +628,7 @@ class SandboxManager:
             sandbox_id = container.labels.get(ownership.SANDBOX_ID)
             if container.running:
                 running[sandbox_id] = container
-            elif sandbox_id in self._creating:
+            elif sandbox_id in self._creating or sandbox_id in self.pool.making:
                 continue
             else:
                 log.info("sandbox container %s has stopped: removing it", container.name)
@@ -542,7 +636,10 @@ class SandboxManager:
         for sandbox_id in known & set(self._sandboxes):
             if sandbox_id not in running:
                 log.info("sandbox %s vanished from the engine: forgetting it", sandbox_id)
-                self._sandboxes.pop(sandbox_id, None)
+                gone = self._sandboxes.pop(sandbox_id, None)
+                if gone is not None and gone.runner is not None:
+                    gone.runner.close()
+        self.pool.drop(known_pool - set(running))
 
     async def _control(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._run(self._control_limiter, fn, *args)
@@ -569,7 +666,7 @@ class SandboxManager:
             )
         self._checked_client = client
 
-    def _create_container(self, sandbox_id: str, timeout: int) -> Sandbox:
+    def _create_container(self, sandbox_id: str) -> Sandbox:
         import docker
 
         client = self.engine.client()
@@ -578,7 +675,6 @@ class SandboxManager:
         labels = self.owner.labels() | {
             ownership.SANDBOX_ID: sandbox_id,
             ownership.CREATED: _iso(now),
-            ownership.TIMEOUT: str(timeout),
             ownership.ROLE: "sandbox",
         }
         kwargs = sandbox_run_kwargs(self.config, labels, packages_volume(sandbox_id))
@@ -595,19 +691,28 @@ class SandboxManager:
                 raise SandboxCreateFailed(
                     f"The engine refused to create the sandbox: {exc.explanation or exc}"
                 ) from None
+            runner = RunnerConnection(client.api, container.id)
             try:
                 container.start()
+                runner.connect()
             except docker.errors.APIError as exc:
+                runner.close()
                 self._destroy(sandbox_id, container.id)
                 raise SandboxCreateFailed(
                     f"The sandbox container did not start: {exc.explanation or exc}. "
                     f"DOCKER_IMAGE must have python3 on PATH."
                 ) from None
         if self._closing:  # the server shut down while this call was in flight
+            runner.close()
             self._destroy(sandbox_id, container.id)
             raise SandboxCreateFailed("The server is shutting down.")
         return Sandbox(
-            id=sandbox_id, container_id=container.id, created=now, timeout=timeout, last_used=now
+            id=sandbox_id,
+            container_id=container.id,
+            created=now,
+            timeout=self.config.sandbox_timeout,
+            last_used=now,
+            runner=runner,
         )
 
     def _destroy(self, sandbox_id: str, container_id: str) -> bool:
@@ -688,19 +793,40 @@ class SandboxManager:
         return [c for c in self._list_containers({}) if self.owner.is_orphan(c.labels)]
 
     def _execute_in(self, sandbox: Sandbox, payload: bytes, timeout: int) -> RawExecution:
+        limit = self.config.output_limit
+        return self._with_runner(
+            sandbox, lambda runner: runner.execute(payload, timeout, limit, sandbox.stateful)
+        )
+
+    def _reset_in(self, sandbox: Sandbox) -> bool:
+        return self._with_runner(sandbox, lambda runner: runner.reset())
+
+    def _with_runner(self, sandbox: Sandbox, call: Callable[[RunnerConnection], T]) -> T:
+        """Call the sandbox's runner; a stopped sandbox is dropped and reported."""
         import docker
 
         client = self.engine.client()
+        if sandbox.runner is None or sandbox.runner.api is not client.api:
+            # First use since a reconnect to the engine: attach anew.
+            if sandbox.runner is not None:
+                sandbox.runner.close()
+            sandbox.runner = RunnerConnection(client.api, sandbox.container_id)
         gone = SandboxNotFound(
             f"Sandbox {sandbox.id} has stopped or was removed outside omcp_py: "
             f"create a new one with create_sandbox."
         )
         with self.engine.errors():
             try:
-                return run_code(
-                    client.api, sandbox.container_id, payload, timeout, self.config.output_limit
-                )
-            except (docker.errors.NotFound, ExecStreamClosed):
+                return call(sandbox.runner)
+            except RunnerGone as exc:
+                if self._container_running(sandbox.container_id):
+                    raise EngineError(
+                        f"The connection to sandbox {sandbox.id} broke ({exc}); the result of "
+                        f"this call is lost. The sandbox is still there: try again."
+                    ) from None
+                self._destroy(sandbox.id, sandbox.container_id)
+                raise gone from None
+            except docker.errors.NotFound:
                 self._destroy(sandbox.id, sandbox.container_id)
                 raise gone from None
             except docker.errors.APIError as exc:
@@ -708,6 +834,15 @@ class SandboxManager:
                     self._destroy(sandbox.id, sandbox.container_id)
                     raise gone from None
                 raise
+
+    def _container_running(self, container_id: str) -> bool:
+        import docker
+
+        try:
+            state = self.engine.client().api.inspect_container(container_id)["State"]
+        except docker.errors.NotFound:
+            return False
+        return bool(state.get("Running"))
 
     def _install_in(self, sandbox: Sandbox, requirements: list[str], timeout: int) -> RawInstall:
         import docker

@@ -1,25 +1,26 @@
-"""Host side of an execution: start ``sandbox_exec.py`` through a docker exec,
-hand it the code on stdin, read its framed answer with a deadline of our own.
+"""Host side of a sandbox's runner: the container's own stdin and stdout, reached
+with docker attach, carrying framed requests and answers (see sandbox_runner.py).
 
-Blocking (sockets and Docker calls): call it from a worker thread.
+Blocking (sockets and Docker calls): call it from a worker thread, one request at a
+time per connection.
 """
 
+import contextlib
+import itertools
 import json
 import logging
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-from omcp_py.runner import EXEC_SOURCE
 
 log = logging.getLogger(__name__)
 
-# The supervisor inside kills the code at its deadline; this much later we stop
-# trusting it and kill from outside.
+# The runner kills the code at its deadline; this much later we stop trusting it
+# and kill from outside.
 HOST_GRACE_SECONDS = 4.0
-# Kills every process of the sandbox user except PID 1 and itself.
+# Kills every process of the sandbox user except PID 1 (the runner) and itself.
 KILL_ALL_SOURCE = (
     "import os,signal,time\n"
     "for _ in range(200):\n"
@@ -30,7 +31,7 @@ KILL_ALL_SOURCE = (
     "    time.sleep(0.002)\n"
 )
 _DOCKER_HEADER = struct.Struct(">BxxxI")
-_FRAME_HEADER = struct.Struct(">cI")
+_FRAME_HEADER = struct.Struct(">cII")
 _DIAGNOSTIC_CAP = 16 * 1024
 
 
@@ -46,10 +47,11 @@ class RawExecution:
     duration_ms: float
     truncated: bool
     supervisor_lost: bool
+    state: dict[str, Any] = field(default_factory=dict)
 
 
-class ExecStreamClosed(Exception):
-    """The exec stream ended without a result: the container may be gone."""
+class RunnerGone(Exception):
+    """The attach stream ended or failed: the container may be gone."""
 
 
 class _Stream:
@@ -83,53 +85,209 @@ class _Stream:
         return head + tail
 
 
-class _Reader:
-    """Splits Docker's multiplexed exec stream, then our frames on its stdout."""
+class RunnerConnection:
+    """The host's end of one sandbox's runner (PID 1), over docker attach."""
+
+    def __init__(self, api: Any, container_id: str) -> None:
+        """Args:
+        api: a ``docker.APIClient``.
+        container_id: a sandbox container created with ``stdin_open``.
+        """
+        self.api = api
+        self.container_id = container_id
+        self._ids = itertools.count(1)
+        self._handle: Any = None
+        self._sock: socket.socket | None = None
+        self._docker = bytearray()
+        self._frames = bytearray()
+
+    def connect(self) -> None:
+        """Attach to the container's stdin and stdout (blocking; idempotent).
+
+        Raises:
+            docker.errors.APIError: the engine refused (e.g. the container is gone).
+        """
+        if self._sock is not None:
+            return
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        # Keep the SDK's wrapper alive: it owns the socket.
+        self._handle = self.api.attach_socket(self.container_id, params=params)
+        self._sock = getattr(self._handle, "_sock", self._handle)
+        self._docker.clear()
+        self._frames.clear()
+
+    def close(self) -> None:
+        """Drop the connection; the runner keeps running and the next call re-attaches."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._handle = None
+
+    def execute(self, code: bytes, timeout: float, limit: int, stateful: bool) -> RawExecution:
+        """Run code once and collect its result.
+
+        Args:
+            code: UTF-8 source, already validated.
+            timeout: seconds before every process of the run is killed.
+            limit: bytes kept per output stream.
+            stateful: run in the sandbox's long-lived interpreter.
+
+        Returns:
+            The outcome; user code that fails is a normal outcome.
+
+        Raises:
+            RunnerGone: the stream ended with no result (the container stopped?).
+            docker.errors.APIError: the engine refused to attach.
+        """
+        started = time.monotonic()
+        self.connect()
+        rid = next(self._ids)
+        header = json.dumps({"timeout": timeout, "limit": limit, "stateful": stateful})
+        collected = _Collected(limit)
+        reply = self._request(
+            b"x",
+            rid,
+            header.encode() + b"\n" + code,
+            started + timeout + HOST_GRACE_SECONDS,
+            collected,
+        )
+        if reply is None:
+            # The runner did not answer in time: end everything from outside (PID 1
+            # is exempt) so nothing the code started keeps running.
+            kill_all(self.api, self.container_id)
+            return RawExecution(
+                stdout=collected.stdout.text(),
+                stderr=collected.stderr.text(),
+                exit_code=137,
+                timed_out=True,
+                oom_killed=False,
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+                truncated=bool(collected.stdout.dropped or collected.stderr.dropped),
+                supervisor_lost=True,
+            )
+        dropped_out, dropped_err = reply.get("dropped", [0, 0])
+        collected.stdout.dropped += dropped_out
+        collected.stderr.dropped += dropped_err
+        return RawExecution(
+            stdout=collected.stdout.text(),
+            stderr=collected.stderr.text(),
+            exit_code=int(reply["exit_code"]),
+            timed_out=bool(reply["timed_out"]),
+            oom_killed=bool(reply["oom_killed"]),
+            duration_ms=float(reply["duration_ms"]),
+            truncated=bool(collected.stdout.dropped or collected.stderr.dropped),
+            supervisor_lost=False,
+            state=dict(reply.get("state") or {}),
+        )
+
+    def reset(self, timeout: float = 10.0) -> bool:
+        """End the stateful interpreter, if any.
+
+        Returns:
+            True when there was state to drop.
+
+        Raises:
+            RunnerGone: no answer (the container stopped?).
+        """
+        self.connect()
+        reply = self._request(b"z", next(self._ids), b"", time.monotonic() + timeout, None)
+        if reply is None:
+            raise RunnerGone("the runner did not answer the reset")
+        return bool(reply.get("had_state"))
+
+    def _request(
+        self,
+        kind: bytes,
+        rid: int,
+        payload: bytes,
+        deadline: float,
+        collected: "_Collected | None",
+    ) -> dict[str, Any] | None:
+        """Send one request and read until its result; None at the deadline."""
+        sock = self._sock
+        assert sock is not None
+        max_frame = (collected.limit if collected else 0) + 1024 * 1024
+        try:
+            sock.settimeout(10.0)
+            sock.sendall(_FRAME_HEADER.pack(kind, rid, len(payload)) + payload)
+            while True:
+                result = self._parse(rid, collected, max_frame)
+                if result is not None:
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                sock.settimeout(remaining)
+                try:
+                    data = sock.recv(256 * 1024)
+                except TimeoutError:
+                    return None
+                if not data:
+                    raise RunnerGone("the container's output ended")
+                self._docker += data
+        except OSError as exc:
+            self.close()
+            raise RunnerGone(f"the connection to the runner failed: {exc}") from None
+        except RunnerGone:
+            self.close()
+            raise
+
+    def _parse(
+        self, rid: int, collected: "_Collected | None", max_frame: int
+    ) -> dict[str, Any] | None:
+        # Docker's multiplexing first (stdout is ours, stderr is the runner's own
+        # complaints), then our frames; frames of an abandoned request are skipped.
+        while len(self._docker) >= _DOCKER_HEADER.size:
+            stream, size = _DOCKER_HEADER.unpack_from(self._docker)
+            end = _DOCKER_HEADER.size + size
+            if len(self._docker) < end:
+                break
+            payload = bytes(self._docker[_DOCKER_HEADER.size : end])
+            del self._docker[:end]
+            if stream == 1:
+                self._frames += payload
+            else:
+                log.warning(
+                    "sandbox runner %s said: %s",
+                    self.container_id[:12],
+                    payload[:_DIAGNOSTIC_CAP].decode("utf-8", "replace").rstrip(),
+                )
+        while len(self._frames) >= _FRAME_HEADER.size:
+            kind, frame_rid, size = _FRAME_HEADER.unpack_from(self._frames)
+            if size > max_frame:
+                raise RunnerGone(f"oversized frame {kind!r} of {size} bytes")
+            end = _FRAME_HEADER.size + size
+            if len(self._frames) < end:
+                return None
+            payload = bytes(self._frames[_FRAME_HEADER.size : end])
+            del self._frames[:end]
+            if frame_rid != rid:
+                continue
+            if kind == b"r":
+                return json.loads(payload)
+            if collected is not None:
+                collected.add(kind, payload)
+        return None
+
+
+class _Collected:
+    """Output of one execution, bounded whatever the runner sends."""
 
     def __init__(self, limit: int) -> None:
-        self.buffer = bytearray()
-        self.frames = bytearray()
-        self.diagnostics = bytearray()
+        self.limit = limit
         self.stdout = _Stream("stdout", limit)
         self.stderr = _Stream("stderr", limit)
-        self.result: dict[str, Any] | None = None
-        self.max_frame = limit + 1024 * 1024
 
-    def feed(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= _DOCKER_HEADER.size:
-            kind, size = _DOCKER_HEADER.unpack_from(self.buffer)
-            end = _DOCKER_HEADER.size + size
-            if len(self.buffer) < end:
-                return
-            payload = bytes(self.buffer[_DOCKER_HEADER.size : end])
-            del self.buffer[:end]
-            if kind == 1:
-                self._feed_frames(payload)
-            elif len(self.diagnostics) < _DIAGNOSTIC_CAP:
-                self.diagnostics += payload[: _DIAGNOSTIC_CAP - len(self.diagnostics)]
-
-    def _feed_frames(self, data: bytes) -> None:
-        self.frames += data
-        while len(self.frames) >= _FRAME_HEADER.size:
-            kind, size = _FRAME_HEADER.unpack_from(self.frames)
-            if size > self.max_frame:
-                raise ExecStreamClosed(f"oversized frame {kind!r} of {size} bytes")
-            end = _FRAME_HEADER.size + size
-            if len(self.frames) < end:
-                return
-            payload = bytes(self.frames[_FRAME_HEADER.size : end])
-            del self.frames[:end]
-            if kind == b"o":
-                self.stdout.add_head(payload)
-            elif kind == b"e":
-                self.stderr.add_head(payload)
-            elif kind == b"O":
-                self.stdout.set_tail(payload)
-            elif kind == b"E":
-                self.stderr.set_tail(payload)
-            elif kind == b"r":
-                self.result = json.loads(payload)
+    def add(self, kind: bytes, payload: bytes) -> None:
+        if kind == b"o":
+            self.stdout.add_head(payload)
+        elif kind == b"e":
+            self.stderr.add_head(payload)
+        elif kind == b"O":
+            self.stdout.set_tail(payload)
+        elif kind == b"E":
+            self.stderr.set_tail(payload)
 
 
 def kill_all(api: Any, container_id: str) -> None:
@@ -141,95 +299,3 @@ def kill_all(api: Any, container_id: str) -> None:
     """
     exec_id = api.exec_create(container_id, ["python3", "-I", "-c", KILL_ALL_SOURCE])["Id"]
     api.exec_start(exec_id)
-
-
-def run_code(api: Any, container_id: str, code: bytes, timeout: float, limit: int) -> RawExecution:
-    """Run ``code`` once in the container and collect its result.
-
-    Args:
-        api: a ``docker.APIClient``.
-        container_id: a running sandbox container.
-        code: UTF-8 source, already validated.
-        timeout: seconds before every process of the run is killed.
-        limit: bytes kept per output stream.
-
-    Returns:
-        The execution's outcome; user code that fails is a normal outcome.
-
-    Raises:
-        ExecStreamClosed: the stream ended with no result and no sign of the
-            supervisor's own exit (the container stopped or was removed).
-        docker.errors.APIError: the engine refused the exec.
-    """
-    started = time.monotonic()
-    exec_id = api.exec_create(
-        container_id,
-        ["python3", "-I", "-c", EXEC_SOURCE],
-        stdin=True,
-        stdout=True,
-        stderr=True,
-    )["Id"]
-    sock = api.exec_start(exec_id, socket=True)
-    raw: socket.socket = getattr(sock, "_sock", sock)
-    reader = _Reader(limit)
-    deadline = started + timeout + HOST_GRACE_SECONDS
-    lost = False
-    try:
-        header = json.dumps({"timeout": timeout, "limit": limit, "code_len": len(code)})
-        raw.settimeout(max(1.0, timeout))
-        raw.sendall(header.encode() + b"\n" + code)
-        raw.shutdown(socket.SHUT_WR)
-        while reader.result is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                lost = True
-                break
-            raw.settimeout(remaining)
-            try:
-                data = raw.recv(256 * 1024)
-            except TimeoutError:
-                lost = True
-                break
-            if not data:
-                break
-            reader.feed(data)
-    except OSError as exc:
-        log.debug("exec stream of %s failed: %s", container_id[:12], exc)
-    finally:
-        raw.close()
-
-    if reader.result is None:
-        if reader.diagnostics:
-            log.warning(
-                "sandbox supervisor said: %s", reader.diagnostics.decode("utf-8", "replace")
-            )
-        if not api.inspect_container(container_id)["State"].get("Running"):
-            raise ExecStreamClosed("the container stopped during the execution")
-        # The supervisor was killed (by the code, or by our deadline): clean up
-        # from outside so nothing the code started keeps running.
-        kill_all(api, container_id)
-        return RawExecution(
-            stdout=reader.stdout.text(),
-            stderr=reader.stderr.text(),
-            exit_code=137,
-            timed_out=lost,
-            oom_killed=False,
-            duration_ms=round((time.monotonic() - started) * 1000, 3),
-            truncated=bool(reader.stdout.dropped or reader.stderr.dropped),
-            supervisor_lost=not lost,
-        )
-
-    result = reader.result
-    dropped_out, dropped_err = result.get("dropped", [0, 0])
-    reader.stdout.dropped += dropped_out
-    reader.stderr.dropped += dropped_err
-    return RawExecution(
-        stdout=reader.stdout.text(),
-        stderr=reader.stderr.text(),
-        exit_code=int(result["exit_code"]),
-        timed_out=bool(result["timed_out"]),
-        oom_killed=bool(result["oom_killed"]),
-        duration_ms=float(result["duration_ms"]),
-        truncated=bool(reader.stdout.dropped or reader.stderr.dropped),
-        supervisor_lost=False,
-    )

@@ -1,0 +1,769 @@
+# PID 1 of every sandbox, and the runner of its executions. Stdlib only, Python 3.8+;
+# delivered as `python3 -I -c SOURCE`, runs as the sandbox user.
+#
+# The host talks to it over the container's own stdin and stdout (docker attach), one
+# request at a time. Frames both ways: kind (1 byte), request id (4 bytes), length
+# (4 bytes, big-endian), payload.
+#   host -> runner   x  execute: a JSON line {"timeout", "limit", "stateful"}, then the code
+#                    z  reset: end the stateful interpreter
+#   runner -> host   o / e  the head of the code's stdout / stderr, as it arrives
+#                    O / E  their tails, at the end
+#                    r      the result (JSON): always the last frame of a request
+#
+# Why PID 1: the namespace's init never receives a signal sent from inside the sandbox
+# (not even SIGKILL), so the code can kill anything but the runner; it reaps orphans at
+# once, so nothing a run leaves behind holds pids; and its kill(-1) spares itself, so
+# after every run all other processes go, whether children, setsid daemons or processes
+# that ignore SIGTERM. No exec per run: a run is a fork of this warm interpreter.
+#
+# Stateless (the default): each run is a forked child, in its own session, that runs
+# the code in a fresh __main__ like `python -c` and exits.
+# Stateful: runs go to one long-lived forked interpreter, the kernel, which keeps its
+# __main__ between them. After each run every process but PID 1 and the kernel is
+# killed. If the kernel dies (timeout, out of memory, os._exit), the run says so, and
+# the next one starts a fresh kernel and says the state was lost.
+import builtins
+import io
+import json
+import linecache
+import os
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+import types
+
+try:
+    import ctypes
+
+    _prctl = ctypes.CDLL(None).prctl
+except Exception:  # no ctypes in the image: no dumpable flag, nothing else lost
+    _prctl = None
+
+FRAME = struct.Struct(">cII")
+READ_CHUNK = 65536
+STUCK_SECONDS = 3.0
+# The next warm child is forked this long after an answer, not at once: the fork
+# would compete for the CPU with the answer's way out through the engine.
+SPARE_DELAY = 0.003  # after a kill, stop waiting for a process stuck in the kernel
+
+
+def set_name(name):
+    # PR_SET_NAME (15): what ps and /proc/PID/stat show, so a warm child waiting for
+    # code is not mistaken for something the code left running.
+    if _prctl is not None:
+        try:
+            _prctl(15, name, 0, 0, 0)
+        except Exception:
+            pass
+
+
+def set_dumpable(value):
+    # PR_SET_DUMPABLE (4): 0 for PID 1 (the code, same uid, can neither ptrace it nor
+    # read its /proc entries); back to 1 in the processes that run code.
+    if _prctl is not None:
+        try:
+            _prctl(4, value, 0, 0, 0)
+        except Exception:
+            pass
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except InterruptedError:
+            continue
+        view = view[written:]
+
+
+def send(kind, rid, payload):
+    write_all(1, FRAME.pack(kind, rid, len(payload)) + payload)
+
+
+def nonblocking(fd):
+    os.set_blocking(fd, False)
+    return fd
+
+
+class Capture:
+    """Keeps the head (sent at once) and the tail of one stream; counts the rest."""
+
+    def __init__(self, kind, rid, limit):
+        self.kind = kind
+        self.rid = rid
+        self.head_left = limit // 2
+        self.tail_cap = limit - limit // 2
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def feed(self, data):
+        if self.head_left:
+            head = data[: self.head_left]
+            send(self.kind, self.rid, head)
+            self.head_left -= len(head)
+            data = data[len(head) :]
+        if data:
+            self.tail += data
+            excess = len(self.tail) - self.tail_cap
+            if excess > 0:
+                self.dropped += excess
+                del self.tail[:excess]
+
+
+def live_pids(keep):
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid == 1 or pid == keep:
+            continue
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X"):
+            found.append(pid)
+    return found
+
+
+def doom_others():
+    """SIGKILL every process but PID 1 at once, without waiting for them to go.
+
+    A killed process never runs another instruction of its own, so the answer can
+    leave now; Runner.kill_others then makes sure (a process forking right then may
+    have been missed) before the next request is read.
+    """
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def oom_kills():
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def describe(status):
+    """(exit code, signal) of a wait status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return 128 + sig, sig
+    return os.WEXITSTATUS(status), None
+
+
+# -- in the processes that run code ------------------------------------------------------
+
+
+def add_user_site():
+    # Packages installed into the sandbox live in the user base PYTHONUSERBASE names;
+    # -I left its site dir out. It goes where `python` puts it: ahead of the image's
+    # site-packages (an installed version wins), behind the standard library.
+    if not os.environ.get("PYTHONUSERBASE"):
+        return
+    import site
+
+    user_site = site.getusersitepackages()
+    if not os.path.isdir(user_site) or user_site in sys.path:
+        return
+    index = len(sys.path)
+    for i, path in enumerate(sys.path):
+        if path.endswith(("site-packages", "dist-packages")):
+            index = i
+            break
+    sys.path.insert(index, user_site)
+    site.addsitedir(user_site)  # its .pth files
+
+
+def become_code_process(out_w, err_w, keep=()):
+    """In a fresh fork: drop PID 1's duties and wire stdio to the pipes."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    close_all_but(keep)
+    set_dumpable(1)
+    try:
+        # Under memory pressure the kernel kills the code, never PID 1.
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    # Unbuffered, like `python -u`: output written before a timeout kill is kept.
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        write_through=True,
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        write_through=True,
+    )
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    # -I protected the runner from files in the working directory; the code gets the
+    # usual `python -c` search path back.
+    sys.path[0:0] = [""]
+    add_user_site()
+    sys.argv = ["-c"]
+    sys.dont_write_bytecode = True
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    return main
+
+
+def close_all_but(keep):
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1024)
+
+
+def run_code(main, code, filename):
+    """Run code in ``main``; returns the exit code (SystemExit is caught)."""
+    source = code.decode("utf-8")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        compiled = compile(source, filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        traceback.print_exception(type(exc), exc, None)
+        return 1
+    try:
+        exec(compiled, main.__dict__)
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code & 0xFF
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException as exc:
+        # Drop our own frame: the traceback starts at the user's code.
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        return 1
+    return 0
+
+
+def finish_like_python(main):
+    """What `python -c` visibly does at exit, without its full teardown (about 10 ms
+    in a fork): wait for the code's threads, run atexit handlers, destroy its globals
+    (files it left open are flushed and closed), flush stdout and stderr."""
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None and hasattr(threading, "_shutdown"):
+            threading._shutdown()
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:
+        traceback.print_exc()
+    try:
+        main.__dict__.clear()
+    except BaseException:
+        pass
+
+
+def flush_stdio():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+def reap_children():
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def read_exact(fd, size):
+    chunks = []
+    while size:
+        data = os.read(fd, min(size, READ_CHUNK))
+        if not data:
+            raise EOFError
+        chunks.append(data)
+        size -= len(data)
+    return b"".join(chunks)
+
+
+ONCE = b"1"  # run the code, then exit: a stateless execution
+STAY = b"k"  # run the code and wait for more: the stateful interpreter
+REAP = b"w"  # collect the exit status of children PID 1 has just killed
+CHILD_MESSAGE = struct.Struct(">cI")
+
+
+def child_main(ctl_r, status_w, out_w, err_w):
+    """A warm child: set up ahead of need, then runs what PID 1 sends it."""
+    set_name(b"omcp-ready")
+    main = become_code_process(out_w, err_w, keep=(ctl_r, status_w))
+    # Touch what a run touches (compile, exec, tracebacks' imports) before any code
+    # waits on it: after a fork, every first write to a page copies it.
+    run_code(types.ModuleType("__warmup__"), b"pass", "<warmup>")
+    import importlib
+
+    counter = 0
+    while True:
+        try:
+            kind, size = CHILD_MESSAGE.unpack(read_exact(ctl_r, CHILD_MESSAGE.size))
+            code = read_exact(ctl_r, size)
+        except (EOFError, OSError):
+            os._exit(0)
+        if kind == REAP:
+            # What the last run started was killed after it; without this its
+            # zombies would hold pids for as long as the interpreter lives.
+            reap_children()
+            continue
+        if counter == 0:
+            set_name(b"omcp-state" if kind == STAY else b"python3")
+        counter += 1
+        # Packages installed since this process started: found without a restart.
+        importlib.invalidate_caches()
+        add_user_site()
+        if kind == ONCE:
+            exit_code = run_code(main, code, "<sandbox>")
+            finish_like_python(main)
+        else:
+            exit_code = run_code(main, code, "<sandbox-%d>" % counter)
+        flush_stdio()
+        write_all(status_w, json.dumps({"exit_code": exit_code}).encode() + b"\n")
+        if kind == ONCE:
+            os._exit(exit_code)
+
+
+# -- PID 1 -----------------------------------------------------------------------------
+
+
+class Child:
+    """A forked, ready interpreter, seen from PID 1: its pipes and pid."""
+
+    def __init__(self):
+        ctl_r, self.ctl_w = os.pipe()
+        self.status_r, status_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                child_main(ctl_r, status_w, out_w, err_w)
+            finally:
+                os._exit(70)
+        for fd in (ctl_r, status_w, out_w, err_w):
+            os.close(fd)
+        for fd in (self.status_r, self.out_r, self.err_r):
+            nonblocking(fd)
+        self.status_buffer = b""
+
+    def send(self, kind, code):
+        try:
+            write_all(self.ctl_w, CHILD_MESSAGE.pack(kind, len(code)) + code)
+        except OSError:
+            pass  # it is gone: the next reap says how
+
+    def fds(self):
+        return [self.out_r, self.err_r, self.status_r]
+
+    def close(self):
+        for fd in (self.ctl_w, self.status_r, self.out_r, self.err_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class Job:
+    """One execution in progress."""
+
+    def __init__(self, runner, rid, header, code):
+        self.runner = runner
+        self.rid = rid
+        self.limit = int(header["limit"])
+        self.stateful = bool(header.get("stateful"))
+        self.oom_before = oom_kills()
+        self.out = Capture(b"o", rid, self.limit)
+        self.err = Capture(b"e", rid, self.limit)
+        self.status = None
+        self.end = None
+        self.timed_out = False
+        self.killed_at = None
+        self.state = {}
+        if self.stateful:
+            if runner.kernel is None:
+                runner.kernel = runner.take_spare()
+                self.state["fresh"] = True
+                if runner.lost:
+                    self.state["previous_lost"] = runner.lost
+                    runner.lost = None
+            self.child = runner.kernel
+        else:
+            self.child = runner.take_spare()
+        self.pid = self.child.pid
+        self.streams = {self.child.out_r: self.out, self.child.err_r: self.err}
+        self.start = time.monotonic()
+        self.deadline = self.start + float(header["timeout"])
+        self.child.send(STAY if self.stateful else ONCE, code)
+
+    def fds(self):
+        fds = list(self.streams)
+        if self.status is None:
+            fds.append(self.child.status_r)
+        return fds
+
+    def readable(self, fd):
+        if fd == self.child.status_r:
+            self.read_status()
+            return
+        capture = self.streams.get(fd)
+        if capture is None:
+            return
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        if data:
+            capture.feed(data)
+        else:
+            del self.streams[fd]
+
+    def drain(self):
+        for fd, capture in list(self.streams.items()):
+            while True:
+                try:
+                    data = os.read(fd, READ_CHUNK)
+                except OSError:
+                    break
+                if not data:
+                    break
+                capture.feed(data)
+
+    def read_status(self):
+        child = self.child
+        try:
+            data = os.read(child.status_r, 4096)
+        except OSError:
+            return
+        child.status_buffer += data
+        if b"\n" not in child.status_buffer:
+            return
+        line, _, child.status_buffer = child.status_buffer.partition(b"\n")
+        self.end = time.monotonic()
+        self.status = ("exit", int(json.loads(line)["exit_code"]))
+        # Everything the code wrote before its status is in the pipes: take it, then
+        # end whatever the run started (a stateful interpreter stays).
+        self.drain()
+        if self.stateful:
+            if self.runner.kill_others(keep=self.child.pid):
+                self.child.send(REAP, b"")
+        else:
+            doom_others()  # waiting for them to be gone happens after the answer
+        self.drain()
+        self.streams = {}
+
+    def step(self, now):
+        """Advance; True when the result has been sent."""
+        runner = self.runner
+        status = runner.exited.pop(self.pid, None)
+        if status is not None:
+            if self.status is None:
+                self.end = self.end or now
+                self.status = ("wait", status)
+            if self.stateful:
+                self.kernel_died(status)
+            else:
+                doom_others()  # the run ended: so does everything it started
+                self.drain()
+                self.streams = {}
+        if self.status is None and not self.timed_out and now >= self.deadline:
+            self.timed_out = True
+            self.killed_at = now
+            # A stateful interpreter goes too: its state cannot be trusted mid-run.
+            runner.kill_others()
+        if self.killed_at is not None and now - self.killed_at > STUCK_SECONDS:
+            self.finish()
+            return True
+        if self.status is not None and not self.streams:
+            self.finish()
+            return True
+        return False
+
+    def kernel_died(self, status):
+        runner = self.runner
+        code, sig = describe(status)
+        if self.timed_out:
+            reason = "it was killed when the run timed out"
+        elif sig == signal.SIGKILL:
+            reason = "it was killed (out of memory?)"
+        elif sig is None:
+            reason = "it exited with code %d" % code
+        else:
+            reason = "it was killed by signal %d" % sig
+        self.state["killed"] = reason
+        runner.lost = reason
+        runner.kill_others()
+        self.drain()
+        self.streams = {}
+        if runner.kernel is self.child:
+            runner.kernel = None
+
+    def wait_time(self, now):
+        if self.status is None and not self.timed_out:
+            return max(0.0, self.deadline - now)
+        return 0.2
+
+    def finish(self):
+        exit_code, sig = 128 + signal.SIGKILL, None
+        if self.status is not None:
+            how, value = self.status
+            if how == "wait":
+                exit_code, sig = describe(value)
+            else:
+                exit_code = value
+        oom_after = oom_kills()
+        result = {
+            "exit_code": exit_code,
+            "signal": sig,
+            "timed_out": self.timed_out,
+            "oom_killed": self.oom_before is not None
+            and oom_after is not None
+            and oom_after > self.oom_before,
+            "duration_ms": round(((self.end or time.monotonic()) - self.start) * 1000, 3),
+            "dropped": [self.out.dropped, self.err.dropped],
+            "state": self.state,
+        }
+        send(b"O", self.rid, bytes(self.out.tail))
+        send(b"E", self.rid, bytes(self.err.tail))
+        send(b"r", self.rid, json.dumps(result).encode())
+        if self.runner.kernel is not self.child:
+            # Done with it (it exits, or was killed): its exit is no one's news.
+            self.runner.watched.discard(self.child.pid)
+            self.child.close()
+
+
+class Runner:
+    def __init__(self):
+        self.inbox = bytearray()
+        self.stdin_open = True
+        self.job = None
+        self.spare = None  # a warm child waiting for its code
+        self.spare_due = None  # when to fork the next one
+        self.kernel = None  # the stateful interpreter, once there is one
+        self.lost = None  # why the last kernel died, told to the next stateful run
+        self.watched = set()
+        self.exited = {}
+        self.wake_r, wake_w = os.pipe()
+        nonblocking(self.wake_r)
+        nonblocking(wake_w)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        # Python's own SIGINT handler would let the code interrupt PID 1.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The host's end of stdout may go away; a write then fails, it does not kill.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def take_spare(self):
+        child, self.spare = self.spare, None
+        if child is None:
+            child = Child()
+            self.watched.add(child.pid)
+        return child
+
+    def ensure_spare(self):
+        # Forked after a run has been answered, so its set-up is off the next run's
+        # path. A stateful sandbox needs one only when its interpreter is gone.
+        if self.spare is None and self.kernel is None:
+            self.spare = Child()
+            self.watched.add(self.spare.pid)
+
+    def forget(self, child):
+        self.watched.discard(child.pid)
+        self.exited.pop(child.pid, None)
+        child.close()
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid not in self.watched:
+                continue
+            self.watched.discard(pid)
+            self.exited[pid] = status
+            if self.spare is not None and pid == self.spare.pid:
+                self.forget(self.spare)
+                self.spare = None
+            elif self.kernel is not None and pid == self.kernel.pid and self.job is None:
+                # Died between runs (a thread called os._exit, or out of memory).
+                code, sig = describe(status)
+                self.lost = "it died between runs (%s)" % (
+                    "signal %d" % sig if sig else "exit code %d" % code
+                )
+                self.forget(self.kernel)
+                self.kernel = None
+
+    def kill_others(self, keep=None):
+        """SIGKILL every process but PID 1 (and ``keep``), until none is left.
+
+        Returns True when there was something to kill.
+        """
+        killed = False
+        if self.spare is not None and self.spare.pid != keep:
+            self.forget(self.spare)  # killed below; a new one is forked after the run
+            self.spare = None
+        for _ in range(1000):
+            self.reap()
+            if keep is None:
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    return killed
+                killed = True
+            else:
+                for pid in live_pids(keep):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed = True
+                    except OSError:
+                        pass
+            if not live_pids(keep):
+                self.reap()
+                return killed
+            # A process that forked while the signal was on its way left a child.
+            time.sleep(0.001)
+        return killed
+
+    def next_request(self):
+        if len(self.inbox) < FRAME.size:
+            return None
+        kind, rid, size = FRAME.unpack_from(self.inbox)
+        if len(self.inbox) < FRAME.size + size:
+            return None
+        payload = bytes(self.inbox[FRAME.size : FRAME.size + size])
+        del self.inbox[: FRAME.size + size]
+        return kind, rid, payload
+
+    def handle(self, kind, rid, payload):
+        if kind == b"x":
+            line, _, code = payload.partition(b"\n")
+            self.job = Job(self, rid, json.loads(line), code)
+        elif kind == b"z":
+            had = self.kernel is not None
+            if had:
+                kernel, self.kernel = self.kernel, None
+                self.kill_others()
+                self.forget(kernel)
+            self.lost = None
+            send(b"r", rid, json.dumps({"reset": True, "had_state": had}).encode())
+            self.ensure_spare()
+        else:
+            send(b"r", rid, json.dumps({"error": "unknown request %r" % kind}).encode())
+
+    def idle_output(self, fd):
+        # Output of a stateful kernel's threads between runs: read and dropped, so
+        # they never block on a full pipe.
+        try:
+            os.read(fd, READ_CHUNK)
+        except OSError:
+            pass
+
+    def loop(self):
+        while True:
+            now = time.monotonic()
+            fds = [self.wake_r]
+            if self.stdin_open and self.job is None:
+                fds.append(0)
+            if self.job is not None:
+                fds += self.job.fds()
+            elif self.kernel is not None:
+                fds += self.kernel.fds()
+            timeout = self.job.wait_time(now) if self.job is not None else None
+            if timeout is None and self.spare_due is not None:
+                timeout = max(0.0, self.spare_due - now)
+            try:
+                ready = select.select(fds, [], [], timeout)[0]
+            except (InterruptedError, ValueError, OSError):
+                ready = []
+            if self.wake_r in ready:
+                try:
+                    while os.read(self.wake_r, 4096):
+                        pass
+                except OSError:
+                    pass
+            self.reap()
+            for fd in ready:
+                if fd == self.wake_r:
+                    continue
+                if fd == 0:
+                    data = os.read(0, READ_CHUNK)
+                    if data:
+                        self.inbox += data
+                    else:
+                        self.stdin_open = False  # the host is gone: stay up as init
+                elif self.job is not None:
+                    self.job.readable(fd)
+                else:
+                    self.idle_output(fd)
+            if self.job is not None and self.job.step(time.monotonic()):
+                self.job = None
+                self.kill_others(keep=self.kernel.pid if self.kernel is not None else None)
+                self.spare_due = time.monotonic() + SPARE_DELAY
+            due = self.spare_due
+            if due is not None and self.job is None and not self.inbox and time.monotonic() >= due:
+                self.spare_due = None
+                self.ensure_spare()
+            if self.job is None:
+                request = self.next_request()
+                if request is not None:
+                    self.handle(*request)
+
+
+def main():
+    set_dumpable(0)
+    runner = Runner()
+    runner.ensure_spare()  # the first run of a new sandbox starts warm too
+    while True:
+        try:
+            runner.loop()
+        except BaseException:
+            # PID 1 must not die: its death ends the sandbox. Say what happened and go on.
+            try:
+                traceback.print_exc()
+                if runner.job is not None:
+                    runner.kill_others()
+                    runner.job.finish()
+                    runner.job = None
+            except Exception:
+                pass
+
+
+main()
