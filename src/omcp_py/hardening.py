@@ -7,7 +7,7 @@ The behaviour each option promises is tested from inside a real container.
 from typing import Any
 
 from omcp_py.config import SandboxConfig
-from omcp_py.runner import INSTALL_SOURCE, RUNNER_SOURCE
+from omcp_py.runner import source
 
 SANDBOX_USER = "1000:1000"
 WORKDIR = "/sandbox"
@@ -64,7 +64,7 @@ def sandbox_run_kwargs(
         # execution as a fork of itself, and being the namespace's init it cannot be
         # killed by the sandbox's code, so its kill(-1) after a run never stops the
         # sandbox. The host reaches it on the container's stdin/stdout (attach).
-        "command": ["python3", "-I", "-c", RUNNER_SOURCE],
+        "command": ["python3", "-I", "-c", source("sandbox_runner.py")],
         "stdin_open": True,
         "labels": labels,
         "hostname": "sandbox",
@@ -171,7 +171,14 @@ def installer_run_kwargs(
         network = {"network_disabled": True}
     return {
         "image": config.docker_image,
-        "command": ["python3", "-I", "-c", INSTALL_SOURCE, _INSTALL_TARGET, *pip_args],
+        "command": [
+            "python3",
+            "-I",
+            "-c",
+            source("sandbox_install.py"),
+            _INSTALL_TARGET,
+            *pip_args,
+        ],
         "labels": labels,
         "hostname": "installer",
         "user": SANDBOX_USER,

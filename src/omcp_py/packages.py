@@ -8,8 +8,6 @@ caller sends are parsed as PEP 508 and reach pip as separate arguments after
 import re
 from urllib.parse import urlsplit
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from omcp_py.config import SandboxConfig
 from omcp_py.errors import InvalidArgument
 from omcp_py.hardening import WHEELHOUSE_DIR
@@ -38,6 +36,9 @@ def parse_requirements(text: str) -> list[str]:
             (an option, URL, path, marker, shell or Python syntax), or when there
             are none or too many.
     """
+    # Imported here: it is only needed by install_package (and costs 25 ms at start).
+    from packaging.requirements import InvalidRequirement, Requirement
+
     tokens = text.split()
     if not tokens:
         raise InvalidArgument(f"package is empty: give one or more requirements, {_EXAMPLES}.")

@@ -1,12 +1,17 @@
 """Programs that run inside containers, and the host side that drives them.
 
 ``sandbox_runner.py`` (PID 1 of every sandbox) and ``sandbox_install.py`` (run in
-the installer container, never in a sandbox) are stdlib-only programs delivered on
-the command line (``python3 -I -c SOURCE``): the image needs nothing but Python.
-They are never imported on the host.
+the installer container, never in a sandbox) are stdlib-only programs delivered
+on the command line (``python3 -I -c SOURCE``): the image needs nothing but Python.
+They are never imported on the host, only read, on first use (not at import: the
+server's start stays as fast as a bare MCP server's).
 """
 
-from importlib.resources import files
+from functools import cache
+from pathlib import Path
 
-RUNNER_SOURCE = files(__package__).joinpath("sandbox_runner.py").read_text(encoding="utf-8")
-INSTALL_SOURCE = files(__package__).joinpath("sandbox_install.py").read_text(encoding="utf-8")
+
+@cache
+def source(name: str) -> str:
+    """The text of ``sandbox_runner.py`` or ``sandbox_install.py``."""
+    return (Path(__file__).parent / name).read_text(encoding="utf-8")
