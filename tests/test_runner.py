@@ -178,3 +178,24 @@ async def test_the_pool_counts_against_max_sandboxes(tmp_path: Path, docker_clie
         listed = await server.call("list_sandboxes")
         assert listed["count"] == 2  # pool sandboxes are not listed: nobody has them yet
         assert (await server.create()) not in ids
+
+
+async def test_a_hanging_engine_never_delays_initialize(tmp_path: Path) -> None:
+    # An engine that accepts connections and never answers: the pool cannot fill.
+    import socket
+
+    path = tmp_path / "silent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    env = {"DOCKER_HOST": f"unix://{path}", "DOCKER_TIMEOUT": "2", "SANDBOX_POOL_SIZE": "2"}
+    try:
+        # A guard against a hang, not a timing: the pool fills in the background.
+        with anyio.fail_after(60):
+            async with start_server(env, cwd=tmp_path) as server:
+                tools = (await server.session.list_tools()).tools
+                assert "create_sandbox" in {t.name for t in tools}
+                message = await server.error("create_sandbox")
+                assert "did not answer within DOCKER_TIMEOUT" in message
+    finally:
+        listener.close()

@@ -65,6 +65,8 @@ class Engine:
                     else:
                         client = docker.from_env(version="auto", timeout=self._timeout)
                 except docker.errors.DockerException as exc:
+                    if "timed out" in str(exc):
+                        raise self._too_slow() from None
                     raise self.unreachable(_short(exc)) from None
                 log.info("connected to the Docker engine at %s", self.url)
                 self._client = client
@@ -94,13 +96,18 @@ class Engine:
             ) from None
         except (requests.exceptions.ConnectionError, ConnectionError) as exc:
             self.reset()
+            if "timed out" in str(exc):  # a read timeout, as the unix socket adapter says it
+                raise self._too_slow() from None
             raise self.unreachable(_short(exc)) from None
         except requests.exceptions.Timeout:
             self.reset()
-            raise DockerUnavailable(
-                f"Docker engine at {self.url} did not answer within DOCKER_TIMEOUT: "
-                f"check that it is healthy (docker info), then try again."
-            ) from None
+            raise self._too_slow() from None
+
+    def _too_slow(self) -> DockerUnavailable:
+        return DockerUnavailable(
+            f"Docker engine at {self.url} did not answer within DOCKER_TIMEOUT: "
+            f"check that it is healthy (docker info), then try again."
+        )
 
     def close(self) -> None:
         """Close the connection, if any."""
