@@ -103,10 +103,37 @@ async def timed(fn: Any, *args: Any) -> float:
 # -- omcp_py ---------------------------------------------------------------------------
 
 
+async def mcp_floor(runs: int) -> dict[str, Any]:
+    """What the MCP SDK itself costs here: a bare MCPServer's one trivial tool."""
+    params = StdioServerParameters(command=sys.executable, args=[str(HERE / "bare_server.py")])
+    out: dict[str, Any] = {"paced": [], "b2b": []}
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+
+        async def echo() -> None:
+            await session.call_tool("echo", {"text": "1"})
+
+        for _ in range(runs * 5):
+            await anyio.sleep(0.01)
+            out["paced"].append(await timed(echo))
+        for _ in range(runs * 5):
+            out["b2b"].append(await timed(echo))
+        best = 0.0
+        for _ in range(3):
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(100):
+                    tg.start_soon(echo)
+            best = max(best, 100 / (time.perf_counter() - started))
+        out["throughput"] = best
+    return out
+
+
 async def ours(runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["launch"] = await launch_to_initialize(["-m", "omcp_py"], runs)
     out["launch_bare"] = await launch_to_initialize([str(HERE / "bare_server.py")], runs)
+    out["floor"] = await mcp_floor(runs)
 
     async with omcp({"SANDBOX_POOL_SIZE": "2"}) as client:
         await anyio.sleep(3)  # let the pool fill
@@ -313,6 +340,21 @@ def report(o: dict[str, Any], b: dict[str, Any]) -> None:
         p(b["create"]),
         f"{pct(o['create_cold'], 50) / base_create:.2f}x",
         "<= 1.2x",
+    )
+    floor = o["floor"]
+    row(
+        "MCP SDK floor: bare MCPServer, trivial tool, paced / back to back p50",
+        f"{ms(pct(floor['paced'], 50))} / {ms(pct(floor['b2b'], 50))}",
+        "",
+        "",
+        "(reference)",
+    )
+    row(
+        "MCP SDK floor: 100 trivial calls at once",
+        f"{floor['throughput']:.0f}/s",
+        "",
+        "",
+        "(reference)",
     )
     base_exec = pct(b["exec"], 50)
     for mode, target in (("stateless", "<= 5 ms"), ("stateful", "<= 3 ms")):
