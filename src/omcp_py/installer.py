@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ class Installer:
         pip_args: list[str],
         timeout: float,
         prepare: bool,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> RawInstall:
         """Run pip once against ``volume``; stop it (and all its processes) at ``timeout``.
 
@@ -69,6 +71,7 @@ class Installer:
             pip_args: options and requirements for ``pip install --target``.
             timeout: seconds the whole install may take.
             prepare: first install of this volume: hand it to the sandbox user first.
+            wanted: False once the sandbox has been removed: stop at the next step.
 
         Returns:
             The outcome; a failing pip is a normal outcome.
@@ -79,7 +82,7 @@ class Installer:
         started = time.monotonic()
         if prepare:
             kwargs = volume_owner_kwargs(self.config, labels, volume)
-            code, output, state = self._run_to_end(kwargs, timeout)
+            code, output, state = self._run_to_end(kwargs, timeout, wanted)
             if state.get("timed_out") or state.get("vanished"):
                 return RawInstall(
                     exit_code=code,
@@ -95,7 +98,7 @@ class Installer:
                 )
         remaining = max(1.0, timeout - (time.monotonic() - started))
         kwargs = installer_run_kwargs(self.config, labels, volume, pip_args)
-        code, output, state = self._run_to_end(kwargs, remaining)
+        code, output, state = self._run_to_end(kwargs, remaining, wanted)
         log_text, installed = output, []
         if MARKER in output:
             log_text, _, trailer = output.rpartition(MARKER)
@@ -116,7 +119,9 @@ class Installer:
             prepared=True,
         )
 
-    def _run_to_end(self, kwargs: dict[str, Any], timeout: float) -> tuple[int, str, dict]:
+    def _run_to_end(
+        self, kwargs: dict[str, Any], timeout: float, wanted: Callable[[], bool]
+    ) -> tuple[int, str, dict]:
         """Create, start and wait for a container; always remove it.
 
         Returns:
@@ -132,6 +137,12 @@ class Installer:
         code = -1
         output = ""
         try:
+            if not wanted():
+                # The sandbox was removed while this container was being made: its
+                # removal may not have seen it, so it goes here (with the volume it
+                # may have brought back, see the caller).
+                state["vanished"] = True
+                return code, output, state
             container.start()
             try:
                 code = int(api.wait(container.id, timeout=timeout)["StatusCode"])

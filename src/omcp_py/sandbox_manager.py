@@ -388,8 +388,7 @@ class SandboxManager:
             )
         # One execution at a time per sandbox: cleaning up after a run kills every
         # process of the sandbox's user, so two runs must not share a sandbox.
-        async with sandbox.lock:
-            sandbox.active += 1
+        async with _busy(sandbox, sandbox.lock):
             try:
                 raw = await self._run(
                     self._exec_limiter, self._execute_in, sandbox, payload, timeout
@@ -400,9 +399,6 @@ class SandboxManager:
                 if isinstance(exc, SandboxNotFound):
                     self._sandboxes.pop(sandbox_id, None)
                 raise
-            finally:
-                sandbox.active -= 1
-                sandbox.last_used = time.time()
         # remove_sandbox(force=True), or the engine, took it while the code ran.
         if self._sandboxes.get(sandbox_id) is not sandbox:
             raise _removed_during_run(sandbox_id)
@@ -428,13 +424,8 @@ class SandboxManager:
                 f"Create one with create_sandbox(stateful=true) to keep state between runs."
             )
         sandbox.last_used = time.time()
-        async with sandbox.lock:
-            sandbox.active += 1
-            try:
-                had_state = await self._run(self._exec_limiter, self._reset_in, sandbox)
-            finally:
-                sandbox.active -= 1
-                sandbox.last_used = time.time()
+        async with _busy(sandbox, sandbox.lock):
+            had_state = await self._run(self._exec_limiter, self._reset_in, sandbox)
         message = (
             "The interpreter was ended: the next execution starts with fresh state."
             if had_state
@@ -469,8 +460,7 @@ class SandboxManager:
         sandbox.last_used = time.time()
         # Installs into one sandbox take turns (they share its volume); executions
         # and other sandboxes go on meanwhile.
-        async with sandbox.install_lock:
-            sandbox.active += 1
+        async with _busy(sandbox, sandbox.install_lock):
             try:
                 raw = await self._run(
                     self._install_limiter, self._install_in, sandbox, requirements, timeout
@@ -479,9 +469,6 @@ class SandboxManager:
                 if self._sandboxes.get(sandbox_id) is not sandbox:
                     raise _removed_during_install(sandbox_id) from None
                 raise
-            finally:
-                sandbox.active -= 1
-                sandbox.last_used = time.time()
         if self._sandboxes.get(sandbox_id) is not sandbox or raw.vanished:
             raise _removed_during_install(sandbox_id)
         return self._install_result(raw, requirements, timeout)
@@ -862,6 +849,7 @@ class SandboxManager:
                     pip_arguments(self.config, requirements),
                     timeout,
                     prepare=not sandbox.packages_ready,
+                    wanted=lambda: self._sandboxes.get(sandbox.id) is sandbox,
                 )
             except docker.errors.ImageNotFound:
                 raise EngineError(
@@ -881,8 +869,24 @@ class SandboxManager:
                         f"a network of the engine (docker network ls)."
                     ) from None
                 raise
+        if self._sandboxes.get(sandbox.id) is not sandbox:
+            # Removed during the install: an installer container made meanwhile can
+            # have created the volume again after the removal took it.
+            self._remove_volume(sandbox.volume)
         sandbox.packages_ready = sandbox.packages_ready or raw.prepared
         return raw
+
+
+@asynccontextmanager
+async def _busy(sandbox: Sandbox, lock: anyio.Lock) -> AsyncIterator[None]:
+    """Hold ``lock`` and mark the sandbox in use: the reaper never takes a busy one."""
+    async with lock:
+        sandbox.active += 1
+        try:
+            yield
+        finally:
+            sandbox.active -= 1
+            sandbox.last_used = time.time()
 
 
 def _removed_during_run(sandbox_id: str) -> SandboxNotFound:

@@ -47,24 +47,24 @@ READ_CHUNK = 65536
 STUCK_SECONDS = 3.0  # after a kill, stop waiting for a process stuck in the kernel
 
 
+def prctl(option, value):
+    if _prctl is not None:
+        try:
+            _prctl(option, value, 0, 0, 0)
+        except Exception:
+            pass
+
+
 def set_name(name):
     # PR_SET_NAME (15): what ps and /proc/PID/stat show, so a warm child waiting for
     # code is not mistaken for something the code left running.
-    if _prctl is not None:
-        try:
-            _prctl(15, name, 0, 0, 0)
-        except Exception:
-            pass
+    prctl(15, name)
 
 
 def set_dumpable(value):
     # PR_SET_DUMPABLE (4): 0 for PID 1 (the code, same uid, can neither ptrace it nor
     # read its /proc entries); back to 1 in the processes that run code.
-    if _prctl is not None:
-        try:
-            _prctl(4, value, 0, 0, 0)
-        except Exception:
-            pass
+    prctl(4, value)
 
 
 def write_all(fd, data):
