@@ -65,7 +65,7 @@ class Engine:
                     else:
                         client = docker.from_env(version="auto", timeout=self._timeout)
                 except docker.errors.DockerException as exc:
-                    if "timed out" in str(exc):
+                    if read_timed_out(exc):
                         raise self._too_slow() from None
                     raise self.unreachable(_short(exc)) from None
                 log.info("connected to the Docker engine at %s", self.url)
@@ -96,7 +96,7 @@ class Engine:
             ) from None
         except (requests.exceptions.ConnectionError, ConnectionError) as exc:
             self.reset()
-            if "timed out" in str(exc):  # a read timeout, as the unix socket adapter says it
+            if read_timed_out(exc):
                 raise self._too_slow() from None
             raise self.unreachable(_short(exc)) from None
         except requests.exceptions.Timeout:
@@ -112,6 +112,12 @@ class Engine:
     def close(self) -> None:
         """Close the connection, if any."""
         self.reset()
+
+
+def read_timed_out(exc: BaseException) -> bool:
+    """True when a failed request was a read timeout: over a unix socket the docker
+    SDK reports one as a ConnectionError, not as requests' Timeout."""
+    return "timed out" in str(exc)
 
 
 def _short(exc: BaseException) -> str:

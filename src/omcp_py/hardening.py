@@ -20,6 +20,12 @@ CA_BUNDLE = "/etc/omcp/ca-bundle.crt"
 _INSTALL_TARGET = "/opt/omcp/target"
 
 
+def _python(program: str, *args: str) -> list[str]:
+    # Whatever python3 the image has, isolated from its environment and working
+    # directory (-I): our programs come on the command line, the image needs nothing.
+    return ["python3", "-I", "-c", program, *args]
+
+
 def packages_volume(sandbox_id: str) -> str:
     """Name of the volume that holds a sandbox's installed packages."""
     return f"omcp-{sandbox_id}-packages"
@@ -64,7 +70,7 @@ def sandbox_run_kwargs(
         # execution as a fork of itself, and being the namespace's init it cannot be
         # killed by the sandbox's code, so its kill(-1) after a run never stops the
         # sandbox. The host reaches it on the container's stdin/stdout (attach).
-        "command": ["python3", "-I", "-c", source("sandbox_runner.py")],
+        "command": _python(source("sandbox_runner.py")),
         "stdin_open": True,
         "labels": labels,
         "hostname": "sandbox",
@@ -112,13 +118,10 @@ def volume_owner_kwargs(
 
     return {
         "image": config.docker_image,
-        "command": [
-            "python3",
-            "-I",
-            "-c",
+        "command": _python(
             f"import os; os.chmod({_INSTALL_TARGET!r}, 0o755); "
-            f"os.chown({_INSTALL_TARGET!r}, 1000, 1000)",
-        ],
+            f"os.chown({_INSTALL_TARGET!r}, 1000, 1000)"
+        ),
         "labels": labels,
         "user": "0:0",
         "network_disabled": True,
@@ -171,14 +174,7 @@ def installer_run_kwargs(
         network = {"network_disabled": True}
     return {
         "image": config.docker_image,
-        "command": [
-            "python3",
-            "-I",
-            "-c",
-            source("sandbox_install.py"),
-            _INSTALL_TARGET,
-            *pip_args,
-        ],
+        "command": _python(source("sandbox_install.py"), _INSTALL_TARGET, *pip_args),
         "labels": labels,
         "hostname": "installer",
         "user": SANDBOX_USER,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omcp_py.config import SandboxConfig
+from omcp_py.engine import read_timed_out
 from omcp_py.errors import EngineError
 from omcp_py.hardening import installer_run_kwargs, volume_owner_kwargs
 
@@ -68,7 +69,7 @@ class Installer:
         Args:
             volume: the sandbox's package volume.
             labels: ownership labels for the installer container.
-            pip_args: options and requirements for ``pip install --target``.
+            pip_args: options and requirements for ``pip install --user``.
             timeout: seconds the whole install may take.
             prepare: first install of this volume: hand it to the sandbox user first.
             wanted: False once the sandbox has been removed: stop at the next step.
@@ -146,9 +147,8 @@ class Installer:
             container.start()
             try:
                 code = int(api.wait(container.id, timeout=timeout)["StatusCode"])
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
-                # Over a unix socket a read timeout arrives as a ConnectionError.
-                if "timed out" not in str(exc):
+            except requests.exceptions.RequestException as exc:
+                if not read_timed_out(exc):
                     raise
                 state["timed_out"] = True
                 with contextlib.suppress(docker.errors.APIError):

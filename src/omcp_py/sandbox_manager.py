@@ -179,7 +179,7 @@ class SandboxManager:
                 tg.start_soon(self._remove_quietly, container.id)
         try:
             mine = {ownership.OWNER: self.owner.instance}
-            for volume in await self._control(self._list_volumes, mine):
+            for volume, _ in await self._control(self._list_volumes, mine):
                 await self._control(self._remove_volume, volume)
         except Exception as exc:
             log.warning("could not remove this server's package volumes at exit: %s", exc)
@@ -218,7 +218,7 @@ class SandboxManager:
             now = time.time()
             if not sandbox.expired(now):
                 continue
-            self._sandboxes.pop(sandbox.id, None)
+            self._forget(sandbox.id)
             log.info("sandbox %s idle for %.0f s: removing it", sandbox.id, now - sandbox.last_used)
             await self._control(self._destroy, sandbox.id, sandbox.container_id)
         orphans = await self._control(self._orphans)
@@ -229,7 +229,7 @@ class SandboxManager:
 
     async def _sweep_volumes(self) -> None:
         """Remove package volumes whose sandbox is gone (ours, or of dead servers)."""
-        for volume, labels in await self._control(self._list_volume_labels):
+        for volume, labels in await self._control(self._list_volumes, {}):
             if labels.get(ownership.OWNER) == self.owner.instance:
                 # Listed after it was made: it belongs to a sandbox in the cache or
                 # being created, unless that sandbox is gone.
@@ -348,9 +348,7 @@ class SandboxManager:
             raise SandboxStillActive(
                 f"Sandbox {sandbox_id} is still active. Use force=True to remove it."
             )
-        self._sandboxes.pop(sandbox_id, None)
-        if sandbox.runner is not None:
-            sandbox.runner.close()
+        self._forget(sandbox_id)
         existed = await self._control(self._destroy, sandbox_id, sandbox.container_id)
         if not existed:
             return RemoveSandboxResult(
@@ -397,7 +395,7 @@ class SandboxManager:
                 if self._sandboxes.get(sandbox_id) is not sandbox:
                     raise _removed_during_run(sandbox_id) from None
                 if isinstance(exc, SandboxNotFound):
-                    self._sandboxes.pop(sandbox_id, None)
+                    self._forget(sandbox_id)
                 raise
         # remove_sandbox(force=True), or the engine, took it while the code ran.
         if self._sandboxes.get(sandbox_id) is not sandbox:
@@ -474,6 +472,12 @@ class SandboxManager:
         return self._install_result(raw, requirements, timeout)
 
     # -- helpers on the event loop -----------------------------------------------------
+
+    def _forget(self, sandbox_id: str) -> None:
+        """Drop a sandbox from the cache, with its connection to the runner."""
+        sandbox = self._sandboxes.pop(sandbox_id, None)
+        if sandbox is not None and sandbox.runner is not None:
+            sandbox.runner.close()
 
     def _full(self) -> bool:
         """No sandbox can be handed over: the limit counts sandboxes in use."""
@@ -623,9 +627,7 @@ class SandboxManager:
         for sandbox_id in known & set(self._sandboxes):
             if sandbox_id not in running:
                 log.info("sandbox %s vanished from the engine: forgetting it", sandbox_id)
-                gone = self._sandboxes.pop(sandbox_id, None)
-                if gone is not None and gone.runner is not None:
-                    gone.runner.close()
+                self._forget(sandbox_id)
         self.pool.drop(known_pool - set(running))
 
     async def _control(self, fn: Callable[..., T], *args: Any) -> T:
@@ -731,18 +733,12 @@ class SandboxManager:
                     raise
                 log.debug("package volume %s is still in use: %s", name, exc.explanation)
 
-    def _list_volume_labels(self) -> list[tuple[str, dict[str, str]]]:
+    def _list_volumes(self, labels: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+        """(name, labels) of our package volumes that also carry ``labels``."""
         client = self.engine.client()
         with self.engine.errors():
-            answer = client.api.volumes(filters={"label": f"{ownership.MANAGED_BY}=omcp_py"})
+            answer = client.api.volumes(filters={"label": _label_filter(labels)})
         return [(v["Name"], v.get("Labels") or {}) for v in answer.get("Volumes") or []]
-
-    def _list_volumes(self, labels: dict[str, str]) -> list[str]:
-        return [
-            name
-            for name, have in self._list_volume_labels()
-            if all(have.get(key) == value for key, value in labels.items())
-        ]
 
     def _remove_container(self, container_id: str) -> bool:
         """Force-remove a container; False when it was already gone."""
@@ -762,10 +758,8 @@ class SandboxManager:
 
     def _list_containers(self, labels: dict[str, str]) -> list[ContainerRecord]:
         client = self.engine.client()
-        filters = {"label": [f"{ownership.MANAGED_BY}=omcp_py"]}
-        filters["label"] += [f"{key}={value}" for key, value in labels.items()]
         with self.engine.errors():
-            rows = client.api.containers(all=True, filters=filters)
+            rows = client.api.containers(all=True, filters={"label": _label_filter(labels)})
         return [
             ContainerRecord(
                 id=row["Id"],
@@ -875,6 +869,11 @@ class SandboxManager:
             self._remove_volume(sandbox.volume)
         sandbox.packages_ready = sandbox.packages_ready or raw.prepared
         return raw
+
+
+def _label_filter(labels: dict[str, str]) -> list[str]:
+    """An engine label filter: ours (managed-by), and carrying ``labels``."""
+    return [f"{ownership.MANAGED_BY}=omcp_py", *(f"{k}={v}" for k, v in labels.items())]
 
 
 @asynccontextmanager

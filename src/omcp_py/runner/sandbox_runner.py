@@ -222,8 +222,7 @@ def become_code_process(out_w, err_w, keep=()):
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     # -I protected the runner from files in the working directory; the code gets the
     # usual `python -c` search path back.
-    sys.path[0:0] = [""]
-    add_user_site()
+    sys.path[0:0] = [""]  # the package directory is added before each run
     sys.argv = ["-c"]
     sys.dont_write_bytecode = True
     main = types.ModuleType("__main__")
@@ -729,8 +728,11 @@ class Runner:
                 else:
                     self.idle_output(fd)
             if self.job is not None and self.job.step(time.monotonic()):
+                if not self.job.stateful:
+                    # Its leftovers were only sent SIGKILL (doom_others) before the
+                    # answer; make sure they are gone before the next request.
+                    self.kill_others()
                 self.job = None
-                self.kill_others(keep=self.kernel.pid if self.kernel is not None else None)
                 self.ensure_spare()
             if self.job is None:
                 request = self.next_request()
