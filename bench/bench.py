@@ -131,8 +131,11 @@ async def mcp_floor(runs: int) -> dict[str, Any]:
 
 async def ours(runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    out["launch"] = await launch_to_initialize(["-m", "omcp_py"], runs)
-    out["launch_bare"] = await launch_to_initialize([str(HERE / "bare_server.py")], runs)
+    # Alternated, one of each at a time: a drift of the machine hits both alike.
+    out["launch"], out["launch_bare"] = [], []
+    for _ in range(runs):
+        out["launch"] += await launch_to_initialize(["-m", "omcp_py"], 1)
+        out["launch_bare"] += await launch_to_initialize([str(HERE / "bare_server.py")], 1)
     out["floor"] = await mcp_floor(runs)
 
     async with omcp({"SANDBOX_POOL_SIZE": "2"}) as client:
