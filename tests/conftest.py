@@ -78,8 +78,11 @@ def server_params(
 ) -> tuple[StdioServerParameters, str]:
     marker = uuid.uuid4().hex
     full_env = {"LOG_LEVEL": "WARNING", MARKER_VAR: marker}
-    if "DOCKER_HOST" in os.environ:
-        full_env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    # The engine, and the runtime the whole suite runs under (SANDBOX_RUNTIME=runsc
+    # runs it again under gVisor), come from the test run's environment.
+    for name in ("DOCKER_HOST", "SANDBOX_RUNTIME"):
+        if name in os.environ:
+            full_env[name] = os.environ[name]
     full_env.update(env or {})
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "omcp_py"], env=full_env, cwd=cwd

@@ -4,7 +4,9 @@ from omcp_py.config import SandboxConfig
 from omcp_py.hardening import (
     PACKAGES_DIR,
     installer_run_kwargs,
+    memory_guard,
     missing_limits,
+    runtime_problem,
     sandbox_run_kwargs,
     volume_owner_kwargs,
 )
@@ -23,7 +25,11 @@ def test_every_isolation_option_is_set() -> None:
     assert kwargs["read_only"] is True
     assert kwargs["cap_drop"] == ["ALL"]
     assert kwargs["security_opt"] == ["no-new-privileges:true"]
-    assert kwargs["user"] == "1000:1000"
+    # PID 1 keeps four capabilities to run the code as user 1000 with none.
+    assert kwargs["user"] == "0:0"
+    assert sorted(kwargs["cap_add"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
+    assert kwargs["command"][4:] == ["1000:1000", "/sandbox", "0"]
+    assert "runtime" not in kwargs
     assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 256 * 2**20
     assert kwargs["nano_cpus"] == 500_000_000
     assert kwargs["pids_limit"] == 128
@@ -40,8 +46,9 @@ def test_installer_is_hardened_like_a_sandbox_but_networked() -> None:
     config = SandboxConfig(package_ca_bundle="/etc/ssl/certs/ca-certificates.crt")
     kwargs = installer_run_kwargs(config, {"omcp_py.role": "installer"}, "vol", ["--", "six"])
     sandbox = sandbox_run_kwargs(config, {}, "vol")
-    for key in ("read_only", "cap_drop", "security_opt", "user", "mem_limit", "pids_limit"):
+    for key in ("read_only", "cap_drop", "security_opt", "mem_limit", "pids_limit"):
         assert kwargs[key] == sandbox[key], key
+    assert kwargs["user"] == "1000:1000" and "cap_add" not in kwargs
     assert kwargs["network_mode"] == "bridge" and "network_disabled" not in kwargs
     assert kwargs["command"][-2:] == ["--", "six"]
     mounts = {m["Target"]: m for m in kwargs["mounts"]}
@@ -82,3 +89,27 @@ def test_an_engine_that_would_drop_a_limit_is_refused() -> None:
         "swap limit (memory + swap = SANDBOX_MEMORY)",
         "process limit (SANDBOX_PIDS_LIMIT)",
     ]
+
+
+def test_gvisor_gets_room_for_its_kernel_and_limits_the_code_inside() -> None:
+    config = SandboxConfig(sandbox_runtime="runsc", sandbox_memory="512m", package_ca_bundle=None)
+    kwargs = sandbox_run_kwargs(config, {}, "vol")
+    assert kwargs["runtime"] == "runsc"
+    # The container holds gVisor's kernel too; the code's limits are applied inside.
+    assert kwargs["mem_limit"] == kwargs["memswap_limit"] == (512 + 128) * 2**20
+    assert kwargs["pids_limit"] == 128 * 8 + 128
+    assert kwargs["command"][-1] == "128"  # RLIMIT_NPROC of the code's user
+    assert memory_guard(config) == 512 * 2**20 and memory_guard(SandboxConfig()) == 0
+    # A networked installer stays on the default runtime, with the plain limits.
+    installer = installer_run_kwargs(config, {}, "vol", ["--", "six"])
+    assert "runtime" not in installer and installer["pids_limit"] == 128
+    helper = volume_owner_kwargs(config, {}, "vol")
+    assert helper["runtime"] == "runsc" and helper["network_disabled"] is True
+
+
+def test_an_unknown_runtime_names_the_ones_the_engine_offers() -> None:
+    info = {"Runtimes": {"runc": {}, "runsc": {}}, "DefaultRuntime": "runc"}
+    assert runtime_problem(info, None) is None and runtime_problem(info, "runsc") is None
+    message = runtime_problem(info, "kata")
+    assert message is not None
+    assert "SANDBOX_RUNTIME='kata'" in message and "runc, runsc" in message

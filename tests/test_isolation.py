@@ -29,7 +29,7 @@ async def test_no_network_but_loopback(server: Server, sandbox: str) -> None:
     assert lines.count("no dns") == 1 and len([x for x in lines if x.startswith("refused")]) == 2
 
 
-async def test_root_filesystem_is_read_only(server: Server, sandbox: str) -> None:
+async def test_root_filesystem_is_read_only(server: Server, sandbox: str, docker_client) -> None:
     result = await server.run(
         sandbox,
         "import errno\n"
@@ -40,21 +40,30 @@ async def test_root_filesystem_is_read_only(server: Server, sandbox: str) -> Non
         "        print(path, errno.errorcode[e.errno])\n",
     )
     assert "WROTE" not in result["output"]
-    assert "/x EROFS" in result["output"]
+    assert set(result["output"].split()[1::2]) <= {"EROFS", "EACCES"}, result
+    # EACCES alone would not prove it: root in the container owns / and is stopped
+    # only by the read-only mount (gVisor checks permissions first, Linux the mount).
+    container = container_of(docker_client, sandbox)
+    probe = container.exec_run(["python3", "-c", "open('/x', 'w')"], user="0")
+    assert probe.exit_code != 0 and b"Read-only file system" in probe.output, probe
 
 
 async def test_unprivileged_user_without_capabilities(server: Server, sandbox: str) -> None:
     result = await server.run(
         sandbox,
-        "import os\n"
+        "import ctypes, os\n"
         "print(os.getuid(), os.getgid(), os.geteuid(), os.getgroups())\n"
         "lines = open('/proc/self/status').read().splitlines()\n"
         "status = dict(l.split(':\\t') for l in lines if ':\\t' in l)\n"
-        "print(status['CapEff'], status['CapPrm'], status['CapBnd'], status['NoNewPrivs'])\n",
+        "print(*(status.get(k, '-') for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb')))\n"
+        "PR_GET_NO_NEW_PRIVS = 39\n"
+        "print(ctypes.CDLL(None).prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0))\n",
     )
-    ids, caps = result["output"].splitlines()
+    ids, caps, no_new_privs = result["output"].splitlines()
     assert ids in ("1000 1000 1000 []", "1000 1000 1000 [1000]")
-    assert caps.split() == ["0000000000000000"] * 3 + ["1"]
+    # No capability anywhere, not even in the bounding set (gVisor shows no CapAmb).
+    assert set(caps.split()) - {"-"} == {"0000000000000000"}, caps
+    assert no_new_privs == "1"
 
 
 async def test_setuid_and_mount_fail(server: Server, sandbox: str) -> None:
@@ -84,12 +93,15 @@ async def test_environment_holds_nothing_of_the_server(tmp_path) -> None:
             "for p in os.listdir('/proc'):\n"
             "    if p.isdigit():\n"
             "        try:\n"
-            "            print(open(f'/proc/{p}/environ', 'rb').read())\n"
+            "            print(p, open(f'/proc/{p}/environ', 'rb').read())\n"
             "        except OSError as e:\n"
             "            print(p, 'unreadable')\n",
         )
         assert canary not in result["output"] and canary not in (result["error"] or "")
-        assert "1 unreadable" in result["output"]  # PID 1 is not dumpable
+        # PID 1 runs as root: its environ is closed to the code (gVisor opens it, and it
+        # holds only the sandbox's own, fixed environment).
+        [pid1] = [line for line in result["output"].splitlines() if line.startswith("1 ")]
+        assert pid1 == "1 unreadable" or "PYTHONUSERBASE" in pid1, pid1
 
 
 async def test_memory_limit_kills_the_hog_and_says_so(server: Server, sandbox: str) -> None:
@@ -141,9 +153,13 @@ async def test_fork_bomb_is_contained(server: Server, docker_client) -> None:
         "    n += 1\n",
         timeout=20,
     )
-    assert "fork failed after" in result["output"]
-    forks = int(result["output"].split()[3])
-    assert forks < 128  # SANDBOX_PIDS_LIMIT
+    if "fork failed after" in result["output"]:
+        forks = int(result["output"].split()[3])
+        assert forks < 128  # SANDBOX_PIDS_LIMIT
+    else:
+        # Under gVisor a forked Python costs its kernel about 6 MiB: SANDBOX_MEMORY
+        # runs out before the process limit, and the runner stops the bomb.
+        assert result["exit_code"] == 137 and "ran out of memory" in result["error"], result
     # Nothing of the bomb survives the run, and the server and its neighbours are fine.
     container = container_of(docker_client, bomb_box)
     assert await eventually(lambda: len(processes_in(container)) == 1, 5), processes_in(container)

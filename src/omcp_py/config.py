@@ -127,6 +127,15 @@ class SandboxConfig(BaseSettings):
         30, ge=1, le=600, description="Seconds to wait for one Docker API call."
     )
 
+    sandbox_runtime: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description=(
+            "Container runtime of the sandboxes, e.g. runsc for gVisor (its own kernel "
+            "between the code and the host's); unset: the engine's default. Must be one the "
+            "engine offers (docker info)."
+        ),
+    )
     sandbox_pool_size: int = Field(
         2,
         ge=0,

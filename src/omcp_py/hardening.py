@@ -10,6 +10,14 @@ from omcp_py.config import SandboxConfig
 from omcp_py.runner import source
 
 SANDBOX_USER = "1000:1000"
+# PID 1 (the runner) runs as root with these capabilities only, so that the code can
+# run as another user (SANDBOX_USER) that cannot signal, trace or read it: SETUID and
+# SETGID to switch user in each forked child, SETPCAP to empty that child's capability
+# bounding set first, KILL to end the code's processes after each run. Linux already
+# shields a namespace's init from signals sent inside it; gVisor does not, and the
+# separate user protects the runner there too. The code itself runs with no
+# capability at all (and no-new-privileges: it can never regain one).
+RUNNER_CAPABILITIES = ["SETPCAP", "SETUID", "SETGID", "KILL"]
 WORKDIR = "/sandbox"
 HOME = "/home/sandbox"
 # The sandbox's package volume, a pip "user base": read-only inside the sandbox,
@@ -37,15 +45,33 @@ def _tmpfs(size: int, mode: str, owned: bool) -> str:
     return options + (",uid=1000,gid=1000" if owned else "")
 
 
-def _limits(config: SandboxConfig) -> dict[str, Any]:
+def own_kernel(config: SandboxConfig) -> bool:
+    """True when SANDBOX_RUNTIME gives each sandbox a kernel of its own (gVisor)."""
+    runtime = (config.sandbox_runtime or "").lower()
+    return "runsc" in runtime or "gvisor" in runtime
+
+
+def _runtime(config: SandboxConfig) -> dict[str, Any]:
+    return {"runtime": config.sandbox_runtime} if config.sandbox_runtime else {}
+
+
+def _limits(config: SandboxConfig, runtime: bool = True) -> dict[str, Any]:
+    pids, memory = config.sandbox_pids_limit, config.sandbox_memory
+    if runtime and own_kernel(config):
+        memory += GVISOR_MEMORY_ROOM
+        # The host's count holds gVisor's kernel: its threads, and a few host processes
+        # for every process of the code (about six each here: at 128, twenty sleeping
+        # children ended the sandbox). The code's own limit is set inside it, as
+        # RLIMIT_NPROC, by the runner.
+        pids = pids * 8 + 128
     return {
         "read_only": True,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
-        "mem_limit": config.sandbox_memory,
-        "memswap_limit": config.sandbox_memory,
+        "mem_limit": memory,
+        "memswap_limit": memory,
         "nano_cpus": int(config.sandbox_cpus * 1e9),
-        "pids_limit": config.sandbox_pids_limit,
+        "pids_limit": pids,
     }
 
 
@@ -67,15 +93,22 @@ def sandbox_run_kwargs(
     return {
         "image": config.docker_image,
         # PID 1 is our runner (not docker's tini): it reaps zombies, runs every
-        # execution as a fork of itself, and being the namespace's init it cannot be
-        # killed by the sandbox's code, so its kill(-1) after a run never stops the
-        # sandbox. The host reaches it on the container's stdin/stdout (attach).
-        "command": _python(source("sandbox_runner.py")),
+        # execution as a fork of itself that becomes SANDBOX_USER in WORKDIR, and it
+        # cannot be killed by the sandbox's code (another user, and the namespace's
+        # init), so its kill(-1) after a run never stops the sandbox. The host reaches
+        # it on the container's stdin/stdout (attach).
+        "command": _python(
+            source("sandbox_runner.py"),
+            SANDBOX_USER,
+            WORKDIR,
+            str(config.sandbox_pids_limit if own_kernel(config) else 0),
+        ),
         "stdin_open": True,
         "labels": labels,
         "hostname": "sandbox",
-        "user": SANDBOX_USER,
-        "working_dir": WORKDIR,
+        "user": "0:0",
+        # The runner's own directory: root without DAC_OVERRIDE cannot enter WORKDIR.
+        "working_dir": "/",
         # An explicit environment: nothing of the server's own leaks in.
         "environment": {
             "HOME": HOME,
@@ -91,6 +124,8 @@ def sandbox_run_kwargs(
         # (and is created about twice as fast as with network_mode="none").
         "network_disabled": True,
         **_limits(config),
+        "cap_add": RUNNER_CAPABILITIES,
+        **_runtime(config),
         "shm_size": config.sandbox_shm_size,
         "tmpfs": {
             "/tmp": _tmpfs(config.sandbox_tmp_size, "1777", owned=False),
@@ -126,6 +161,7 @@ def volume_owner_kwargs(
         "user": "0:0",
         "network_disabled": True,
         **_limits(config),
+        **_runtime(config),
         "cap_add": ["CHOWN"],
         "mounts": [Mount(_INSTALL_TARGET, volume, type="volume", no_copy=True)],
         "log_config": {"type": "json-file", "config": {"max-size": "64k"}},
@@ -168,10 +204,12 @@ def installer_run_kwargs(
         mounts.append(Mount(CA_BUNDLE, config.package_ca_bundle, type="bind", read_only=True))
         environment |= {"PIP_CERT": CA_BUNDLE, "SSL_CERT_FILE": CA_BUNDLE}
         environment["REQUESTS_CA_BUNDLE"] = CA_BUNDLE
+    # A networked installer stays on the engine's default runtime: gVisor as Debian
+    # builds it runs only containers without a network. It runs pip, not the user's code.
     network: dict[str, Any] = {"network_mode": config.installer_network}
     if config.package_wheelhouse:
         mounts.append(Mount(WHEELHOUSE_DIR, config.package_wheelhouse, type="bind", read_only=True))
-        network = {"network_disabled": True}
+        network = {"network_disabled": True, **_runtime(config)}
     return {
         "image": config.docker_image,
         "command": _python(source("sandbox_install.py"), _INSTALL_TARGET, *pip_args),
@@ -181,7 +219,7 @@ def installer_run_kwargs(
         "working_dir": HOME,
         "environment": environment,
         **network,
-        **_limits(config),
+        **_limits(config, runtime=bool(config.package_wheelhouse)),
         # Byte-compiling a large package is CPU-bound: at the sandbox's share it is
         # most of an install's time.
         "nano_cpus": int(config.installer_cpus * 1e9),
@@ -203,6 +241,42 @@ _ENFORCED_BY = {
     "PidsLimit": "process limit (SANDBOX_PIDS_LIMIT)",
     "CpuCfsQuota": "CPU limit (SANDBOX_CPUS)",
 }
+
+
+# Memory of gVisor's own kernel, given on top of SANDBOX_MEMORY (it used 45-70 MiB
+# here, with one to a hundred processes of the code).
+GVISOR_MEMORY_ROOM = 128 * 1024**2
+
+
+def memory_guard(config: SandboxConfig) -> int:
+    """Memory use above which the runner kills a run itself; 0 when it need not.
+
+    With runc the kernel's out-of-memory killer picks the code (the runner sets its
+    oom_score_adj) and the sandbox lives on. gVisor's memory is its kernel's: when the
+    container reaches its limit the host kills that kernel, and the whole sandbox ends.
+    So under gVisor the container gets GVISOR_MEMORY_ROOM more than SANDBOX_MEMORY, and
+    the runner stops the code when it uses more than SANDBOX_MEMORY.
+    """
+    return config.sandbox_memory if own_kernel(config) else 0
+
+
+def runtime_problem(engine_info: dict[str, Any], runtime: str | None) -> str | None:
+    """Why SANDBOX_RUNTIME cannot be used on this engine, or None when it can.
+
+    Args:
+        engine_info: the engine's ``docker info`` answer.
+        runtime: the configured runtime (None: the engine's default).
+    """
+    offered = sorted(engine_info.get("Runtimes") or {})
+    if runtime is None or runtime in offered:
+        return None
+    return (
+        f"SANDBOX_RUNTIME={runtime!r} is not a runtime of this engine; it offers "
+        f"{', '.join(offered) or 'none by name'} (default "
+        f"{engine_info.get('DefaultRuntime', 'unknown')}). Set SANDBOX_RUNTIME to one of "
+        f"them, or unset it; for gVisor install runsc and register it in the engine's "
+        f"daemon.json."
+    )
 
 
 def missing_limits(engine_info: dict[str, Any]) -> list[str]:

@@ -36,7 +36,13 @@ from omcp_py.errors import (
     SandboxNotFound,
     SandboxStillActive,
 )
-from omcp_py.hardening import missing_limits, packages_volume, sandbox_run_kwargs
+from omcp_py.hardening import (
+    memory_guard,
+    missing_limits,
+    packages_volume,
+    runtime_problem,
+    sandbox_run_kwargs,
+)
 from omcp_py.installer import Installer, RawInstall
 from omcp_py.models import (
     CreateSandboxResult,
@@ -646,7 +652,11 @@ class SandboxManager:
         if self._checked_client is client:
             return
         with self.engine.errors():
-            missing = missing_limits(client.info())
+            info = client.info()
+        missing = missing_limits(info)
+        runtime = runtime_problem(info, self.config.sandbox_runtime)
+        if runtime:
+            raise IsolationUnavailable(f"The Docker engine at {self.engine.url}: {runtime}")
         if missing:
             raise IsolationUnavailable(
                 f"The Docker engine at {self.engine.url} cannot enforce the "
@@ -774,9 +784,10 @@ class SandboxManager:
         return [c for c in self._list_containers({}) if self.owner.is_orphan(c.labels)]
 
     def _execute_in(self, sandbox: Sandbox, payload: bytes, timeout: int) -> RawExecution:
-        limit = self.config.output_limit
+        limit, guard = self.config.output_limit, memory_guard(self.config)
         return self._with_runner(
-            sandbox, lambda runner: runner.execute(payload, timeout, limit, sandbox.stateful)
+            sandbox,
+            lambda runner: runner.execute(payload, timeout, limit, sandbox.stateful, guard),
         )
 
     def _reset_in(self, sandbox: Sandbox) -> bool:
@@ -792,38 +803,48 @@ class SandboxManager:
             if sandbox.runner is not None:
                 sandbox.runner.close()
             sandbox.runner = RunnerConnection(client.api, sandbox.container_id)
-        gone = SandboxNotFound(
-            f"Sandbox {sandbox.id} has stopped or was removed outside omcp_py: "
-            f"create a new one with create_sandbox."
-        )
         with self.engine.errors():
             try:
                 return call(sandbox.runner)
             except RunnerGone as exc:
-                if self._container_running(sandbox.container_id):
+                state = self._container_state(sandbox.container_id)
+                if state.get("Running"):
                     raise EngineError(
                         f"The connection to sandbox {sandbox.id} broke ({exc}); the result of "
                         f"this call is lost. The sandbox is still there: try again."
                     ) from None
-                self._destroy(sandbox.id, sandbox.container_id)
-                raise gone from None
             except docker.errors.NotFound:
-                self._destroy(sandbox.id, sandbox.container_id)
-                raise gone from None
+                state = {}
             except docker.errors.APIError as exc:
-                if exc.status_code == 409 or "is not running" in str(exc.explanation):
-                    self._destroy(sandbox.id, sandbox.container_id)
-                    raise gone from None
-                raise
+                if exc.status_code != 409 and "is not running" not in str(exc.explanation):
+                    raise
+                state = self._container_state(sandbox.container_id)
+            self._destroy(sandbox.id, sandbox.container_id)
+        raise self._gone(sandbox, state)
 
-    def _container_running(self, container_id: str) -> bool:
+    def _gone(self, sandbox: Sandbox, state: dict[str, Any]) -> SandboxNotFound:
+        """Why a sandbox's container no longer answers, from its last engine state."""
+        if state.get("OOMKilled"):
+            runtime = self.config.sandbox_runtime or "the engine's default runtime"
+            return SandboxNotFound(
+                f"Sandbox {sandbox.id} was killed because it ran out of memory "
+                f"(SANDBOX_MEMORY={format_size(self.config.sandbox_memory)}); under {runtime} "
+                f"that ends the whole sandbox, and its files and state are lost. Create a new "
+                f"sandbox, and use less memory at once (or raise SANDBOX_MEMORY)."
+            )
+        return SandboxNotFound(
+            f"Sandbox {sandbox.id} has stopped or was removed outside omcp_py: "
+            f"create a new one with create_sandbox."
+        )
+
+    def _container_state(self, container_id: str) -> dict[str, Any]:
+        """The container's State as the engine has it; empty when it is gone."""
         import docker
 
         try:
-            state = self.engine.client().api.inspect_container(container_id)["State"]
+            return self.engine.client().api.inspect_container(container_id)["State"] or {}
         except docker.errors.NotFound:
-            return False
-        return bool(state.get("Running"))
+            return {}
 
     def _install_in(self, sandbox: Sandbox, requirements: list[str], timeout: int) -> RawInstall:
         import docker

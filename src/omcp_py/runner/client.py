@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from omcp_py.hardening import SANDBOX_USER
+
 log = logging.getLogger(__name__)
 
 # The runner kills the code at its deadline; this much later we stop trusting it
@@ -124,7 +126,9 @@ class RunnerConnection:
                 sock.close()
         self._handle = None
 
-    def execute(self, code: bytes, timeout: float, limit: int, stateful: bool) -> RawExecution:
+    def execute(
+        self, code: bytes, timeout: float, limit: int, stateful: bool, guard: int = 0
+    ) -> RawExecution:
         """Run code once and collect its result.
 
         Args:
@@ -132,6 +136,8 @@ class RunnerConnection:
             timeout: seconds before every process of the run is killed.
             limit: bytes kept per output stream.
             stateful: run in the sandbox's long-lived interpreter.
+            guard: kill the run when less memory than this is left (0: never; the
+                kernel's out-of-memory killer is enough).
 
         Returns:
             The outcome; user code that fails is a normal outcome.
@@ -143,7 +149,9 @@ class RunnerConnection:
         started = time.monotonic()
         self.connect()
         rid = next(self._ids)
-        header = json.dumps({"timeout": timeout, "limit": limit, "stateful": stateful})
+        header = json.dumps(
+            {"timeout": timeout, "limit": limit, "stateful": stateful, "guard": guard}
+        )
         collected = _Collected(limit)
         reply = self._request(
             b"x",
@@ -297,5 +305,8 @@ def kill_all(api: Any, container_id: str) -> None:
         api: a ``docker.APIClient``.
         container_id: the sandbox container.
     """
-    exec_id = api.exec_create(container_id, ["python3", "-I", "-c", KILL_ALL_SOURCE])["Id"]
+    # As the sandbox user: its kill(-1) reaches every process of the code and cannot
+    # reach PID 1, which runs as root.
+    command = ["python3", "-I", "-c", KILL_ALL_SOURCE]
+    exec_id = api.exec_create(container_id, command, user=SANDBOX_USER)["Id"]
     api.exec_start(exec_id)

@@ -4,17 +4,23 @@
 # The host talks to it over the container's own stdin and stdout (docker attach), one
 # request at a time. Frames both ways: kind (1 byte), request id (4 bytes), length
 # (4 bytes, big-endian), payload.
-#   host -> runner   x  execute: a JSON line {"timeout", "limit", "stateful"}, then the code
+#   host -> runner   x  execute: a JSON line {"timeout", "limit", "stateful", "guard"},
+#                       then the code
 #                    z  reset: end the stateful interpreter
 #   runner -> host   o / e  the head of the code's stdout / stderr, as it arrives
 #                    O / E  their tails, at the end
 #                    r      the result (JSON): always the last frame of a request
 #
-# Why PID 1: the namespace's init never receives a signal sent from inside the sandbox
-# (not even SIGKILL), so the code can kill anything but the runner; it reaps orphans at
-# once, so nothing a run leaves behind holds pids; and its kill(-1) spares itself, so
-# after every run all other processes go, whether children, setsid daemons or processes
-# that ignore SIGTERM. No exec per run: a run is a fork of this warm interpreter.
+# Why PID 1: it reaps orphans at once, so nothing a run leaves behind holds pids; and
+# its kill(-1) spares itself, so after every run all other processes go, whether
+# children, setsid daemons or processes that ignore SIGTERM. No exec per run: a run is
+# a fork of this warm interpreter.
+#
+# Privileges: PID 1 runs as root with SETPCAP, SETUID, SETGID and KILL only; each fork
+# empties its capability bounding set and becomes the code's user (argv: UID:GID DIR NPROC)
+# before it is handed any code. So the code cannot signal, trace or read PID 1: not
+# under Linux, where the namespace's init also ignores signals from inside, and not
+# under gVisor, which does not shield init.
 #
 # Stateless (the default): each run is a forked child, in its own session, that runs
 # the code in a fresh __main__ like `python -c` and exits.
@@ -46,6 +52,7 @@ except Exception:  # no ctypes in the image: no dumpable flag, nothing else lost
 FRAME = struct.Struct(">cII")
 READ_CHUNK = 65536
 STUCK_SECONDS = 3.0  # after a kill, stop waiting for a process stuck in the kernel
+GUARD_INTERVAL = 0.005
 
 
 def prctl(option, value):
@@ -169,6 +176,27 @@ def oom_kills():
     return None
 
 
+def memory_used():
+    """Bytes in use in the sandbox, as /proc/meminfo says (None: unknown).
+
+    Under gVisor that file is its own kernel's: everything the code holds, files in
+    its tmpfs included, and nothing of gVisor itself.
+    """
+    total = available = None
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemTotal:"):
+                    total = int(line.split()[1]) * 1024
+                elif line.startswith(b"MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    if total is None or available is None:
+        return None
+    return total - available
+
+
 def describe(status):
     """(exit code, signal) of a wait status."""
     if os.WIFSIGNALED(status):
@@ -200,8 +228,46 @@ def add_user_site():
     site.addsitedir(user_site)  # its .pth files
 
 
+PR_CAPBSET_DROP = 24
+CODE_USER = (1000, 1000)  # uid, gid of the code: argv says (see main)
+CODE_DIR = "/sandbox"
+CODE_NPROC = 0  # processes the code's user may have (0: the host's pids limit does it)
+
+
+def status_fields():
+    with open("/proc/self/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def become_code_user():
+    """In a fresh fork of PID 1 (root, a few capabilities): become the code's user with
+    no capability left, not even in the bounding set. Exits if that did not work."""
+    uid, gid = CODE_USER
+    if CODE_NPROC:
+        # Under gVisor the host's pids limit counts gVisor's own threads, not the
+        # code's processes: its kernel counts those, per user.
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NPROC, (CODE_NPROC, CODE_NPROC))
+    if os.getuid() == 0:
+        if _prctl is not None:
+            for cap in range(64):
+                if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                    break  # past the last capability this kernel has
+        os.setgroups([])
+        os.setgid(gid)  # as root these set the real, effective and saved ids
+        os.setuid(uid)
+    fields = status_fields()
+    caps = [fields.get(name, "0").strip() for name in ("CapInh", "CapPrm", "CapEff", "CapAmb")]
+    if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid or int("".join(caps), 16):
+        os.write(2, b"omcp runner: could not drop to the sandbox user; not running code\n")
+        os._exit(70)
+    os.chdir(CODE_DIR)
+
+
 def become_code_process(out_w, err_w, keep=()):
-    """In a fresh fork: drop PID 1's duties and wire stdio to the pipes."""
+    """In a fresh fork: drop PID 1's duties and privileges, wire stdio to the pipes."""
+    become_code_user()
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
@@ -423,6 +489,11 @@ class Job:
         self.rid = rid
         self.limit = int(header["limit"])
         self.stateful = bool(header.get("stateful"))
+        # Under a runtime whose out-of-memory kill ends the whole sandbox (gVisor: the
+        # host kills its kernel), the run is killed here once the sandbox uses more
+        # than this; the container's own limit leaves gVisor room above it.
+        self.guard = int(header.get("guard") or 0)
+        self.guard_tripped = False
         self.oom_before = oom_kills()
         self.out = Capture(b"o", rid, self.limit)
         self.err = Capture(b"e", rid, self.limit)
@@ -522,6 +593,12 @@ class Job:
             self.killed_at = now
             # A stateful interpreter goes too: its state cannot be trusted mid-run.
             runner.kill_others()
+        if self.guard and self.killed_at is None and self.status is None:
+            used = memory_used()
+            if used is not None and used > self.guard:
+                self.guard_tripped = True
+                self.killed_at = now
+                runner.kill_others()
         if self.killed_at is not None and now - self.killed_at > STUCK_SECONDS:
             self.finish()
             return True
@@ -535,6 +612,8 @@ class Job:
         code, sig = describe(status)
         if self.timed_out:
             reason = "it was killed when the run timed out"
+        elif self.guard_tripped:
+            reason = "it was killed when the sandbox ran out of memory"
         elif sig == signal.SIGKILL:
             reason = "it was killed (out of memory?)"
         elif sig is None:
@@ -551,7 +630,10 @@ class Job:
 
     def wait_time(self, now):
         if self.status is None and not self.timed_out:
-            return max(0.0, self.deadline - now)
+            wait = max(0.0, self.deadline - now)
+            # The guard looks every few milliseconds: gVisor fills memory at a few
+            # hundred megabytes a second, and its room above the guard is 128 MiB.
+            return min(wait, GUARD_INTERVAL) if self.guard else wait
         return 0.2
 
     def finish(self):
@@ -567,9 +649,12 @@ class Job:
             "exit_code": exit_code,
             "signal": sig,
             "timed_out": self.timed_out,
-            "oom_killed": self.oom_before is not None
-            and oom_after is not None
-            and oom_after > self.oom_before,
+            "oom_killed": self.guard_tripped
+            or (
+                self.oom_before is not None
+                and oom_after is not None
+                and oom_after > self.oom_before
+            ),
             "duration_ms": round(((self.end or time.monotonic()) - self.start) * 1000, 3),
             "dropped": [self.out.dropped, self.err.dropped],
             "state": self.state,
@@ -764,6 +849,12 @@ class Runner:
 
 
 def main():
+    global CODE_USER, CODE_DIR, CODE_NPROC
+    # python3 -I -c SOURCE UID:GID DIR NPROC
+    if len(sys.argv) >= 4:
+        uid, _, gid = sys.argv[1].partition(":")
+        CODE_USER, CODE_DIR = (int(uid), int(gid)), sys.argv[2]
+        CODE_NPROC = int(sys.argv[3])
     set_dumpable(0)
     runner = Runner()
     runner.ensure_spare()  # the first run of a new sandbox starts warm too
