@@ -1,6 +1,7 @@
 """Shared test machinery: the real server over stdio, through the real MCP client,
 against the real Docker engine (the CI script starts it)."""
 
+import json
 import os
 import sys
 import time
@@ -177,3 +178,75 @@ def process_ended(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+# -- the adversarial suite (tests/security) -----------------------------------------
+# Every case attacks through the real MCP client, then checks from outside: the result,
+# the time it took, what is left in the container, the server's memory, the neighbours.
+# With OMCP_SECURITY_RECORD set to a file path, each case that uses the ``case``
+# fixture appends one record to it (bench/security_report.py reads them).
+
+# A result arrives within its timeout plus this much, or the case fails.
+RESULT_GRACE_S = 5.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+class Case:
+    """One attack on one sandbox of a running server, and what it left behind."""
+
+    def __init__(self, server: Server, sandbox: str, docker_client: Any) -> None:
+        self.server = server
+        self.sandbox = sandbox
+        self.docker = docker_client
+        self.started: float | None = None
+        self.recovery_s: float | None = None
+
+    async def attack(self, code: str, timeout: int = 10, sandbox: str | None = None) -> dict:
+        """Run hostile code; the result must come within timeout + RESULT_GRACE_S."""
+        self.started = time.monotonic()
+        result = await self.server.run(sandbox or self.sandbox, code, timeout=timeout)
+        took = time.monotonic() - self.started
+        assert took < timeout + RESULT_GRACE_S, f"the result took {took:.1f} s"
+        return result
+
+    def leftovers(self, sandbox: str | None = None) -> list[str]:
+        """Processes in the sandbox but PID 1 (and the warm child waiting for code)."""
+        container = container_of(self.docker, sandbox or self.sandbox)
+        return [p for p in processes_in(container) if not p.startswith("1 ")]
+
+    async def recovered(self, sandbox: str | None = None) -> None:
+        """Nothing of the attack is left, and the sandbox answers a plain run again."""
+        assert await eventually(lambda: self.leftovers(sandbox) == [], 5), self.leftovers(sandbox)
+        result = await self.server.run(sandbox or self.sandbox, "print('ok')")
+        assert result["output"] == "ok\n", result
+        if self.started is not None:
+            self.recovery_s = time.monotonic() - self.started
+
+    def record(self, nodeid: str) -> None:
+        path = os.environ.get("OMCP_SECURITY_RECORD")
+        if not path:
+            return
+        entry = {
+            "case": nodeid,
+            "class": Path(nodeid.split("::")[0]).stem.removeprefix("test_"),
+            "recovery_s": self.recovery_s,
+            "server_peak_mb": peak_rss_mb(self.server.pid),
+        }
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+@pytest.fixture
+async def case(
+    request: pytest.FixtureRequest, server: Server, sandbox: str, docker_client: Any
+) -> AsyncIterator[Case]:
+    attack = Case(server, sandbox, docker_client)
+    yield attack
+    attack.record(request.node.nodeid)

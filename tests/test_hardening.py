@@ -1,5 +1,7 @@
 """The run arguments of a sandbox, read in one place (behaviour is tested in-container)."""
 
+import pytest
+
 from omcp_py.config import SandboxConfig
 from omcp_py.hardening import (
     PACKAGES_DIR,
@@ -10,6 +12,13 @@ from omcp_py.hardening import (
     sandbox_run_kwargs,
     volume_owner_kwargs,
 )
+
+
+@pytest.fixture(autouse=True)
+def default_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The suite's second pass sets SANDBOX_RUNTIME=runsc for the servers it starts;
+    # these tests build their settings themselves.
+    monkeypatch.delenv("SANDBOX_RUNTIME", raising=False)
 
 
 def test_every_isolation_option_is_set() -> None:

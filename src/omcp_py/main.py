@@ -260,7 +260,29 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
         """
         return await _manager(ctx).install(sandbox_id, package, timeout)
 
+    _refuse_unknown_arguments(server)
     return server
+
+
+def _refuse_unknown_arguments(server: MCPServer) -> None:
+    """Make every tool refuse arguments it does not have, naming them.
+
+    The SDK's argument models ignore unknown keys, so a misspelt ``timout`` would pass
+    unnoticed and the default would apply. The schema then also says
+    ``additionalProperties: false`` to the client. MCPServer has no public switch for
+    this; ``mcp`` is pinned below 3, and a test calls a tool with an unknown argument.
+    """
+    from pydantic import ConfigDict
+
+    for tool in server._tool_manager.list_tools():
+        loose = tool.fn_metadata.arg_model
+        strict = type(
+            loose.__name__,
+            (loose,),
+            {"model_config": ConfigDict(**loose.model_config, extra="forbid")},
+        )
+        tool.fn_metadata.arg_model = strict
+        tool.parameters = strict.model_json_schema(by_alias=True)
 
 
 def configure_logging(level: str) -> None:

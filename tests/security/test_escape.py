@@ -1,10 +1,22 @@
-"""Every hardening promise, checked from inside a real sandbox."""
+"""Adversarial cases: escape."""
 
 import anyio
 import pytest
-from conftest import Server, container_of, eventually, processes_in, start_server
+from conftest import (
+    Case,
+    Server,
+    container_of,
+    eventually,
+    processes_in,
+    start_server,
+)
 
 pytestmark = pytest.mark.anyio
+
+
+def _user_processes(container) -> list[str]:
+    # Everything but PID 1 (the sandbox's init).
+    return [p for p in processes_in(container) if not p.startswith("1 ")]
 
 
 async def test_no_network_but_loopback(server: Server, sandbox: str) -> None:
@@ -104,69 +116,6 @@ async def test_environment_holds_nothing_of_the_server(tmp_path) -> None:
         assert pid1 == "1 unreadable" or "PYTHONUSERBASE" in pid1, pid1
 
 
-async def test_memory_limit_kills_the_hog_and_says_so(server: Server, sandbox: str) -> None:
-    result = await server.run(
-        sandbox,
-        "print('start', flush=True)\nblocks = []\n"
-        "while True:\n    blocks.append(bytearray(50 * 2**20))",
-    )
-    assert result["success"] is False
-    assert result["exit_code"] == 137
-    assert "ran out of memory" in result["error"]
-    assert (await server.run(sandbox, "print('alive')"))["output"] == "alive\n"
-
-
-async def test_tmpfs_fills_with_a_clear_error_not_an_oom(server: Server, sandbox: str) -> None:
-    result = await server.run(
-        sandbox,
-        "import errno\n"
-        "try:\n"
-        "    with open('/tmp/fill', 'wb') as f:\n"
-        "        for _ in range(200):\n"
-        "            f.write(b'x' * 2**20)\n"
-        "except OSError as e:\n"
-        "    print(errno.errorcode[e.errno])\n",
-    )
-    assert result["output"] == "ENOSPC\n"
-    assert (await server.run(sandbox, "import os; os.remove('/tmp/fill'); print('ok')"))[
-        "output"
-    ] == "ok\n"
-
-
-async def test_fork_bomb_is_contained(server: Server, docker_client) -> None:
-    bomb_box = await server.create()
-    other = await server.create()
-    result = await server.run(
-        bomb_box,
-        "import os\n"
-        "n = 0\n"
-        "while True:\n"
-        "    try:\n"
-        "        pid = os.fork()\n"
-        "    except OSError as e:\n"
-        "        print('fork failed after', n, type(e).__name__, flush=True)\n"
-        "        break\n"
-        "    if pid == 0:\n"
-        "        import time\n"
-        "        time.sleep(60)\n"
-        "        os._exit(0)\n"
-        "    n += 1\n",
-        timeout=20,
-    )
-    if "fork failed after" in result["output"]:
-        forks = int(result["output"].split()[3])
-        assert forks < 128  # SANDBOX_PIDS_LIMIT
-    else:
-        # Under gVisor a forked Python costs its kernel about 6 MiB: SANDBOX_MEMORY
-        # runs out before the process limit, and the runner stops the bomb.
-        assert result["exit_code"] == 137 and "ran out of memory" in result["error"], result
-    # Nothing of the bomb survives the run, and the server and its neighbours are fine.
-    container = container_of(docker_client, bomb_box)
-    assert await eventually(lambda: len(processes_in(container)) == 1, 5), processes_in(container)
-    assert (await server.run(other, "print('neighbour ok')"))["output"] == "neighbour ok\n"
-    assert (await server.run(bomb_box, "print('recovered')"))["output"] == "recovered\n"
-
-
 async def test_init_is_pid_1_and_reaps_orphans(server: Server, sandbox: str) -> None:
     result = await server.run(
         sandbox,
@@ -201,14 +150,99 @@ async def test_init_is_pid_1_and_reaps_orphans(server: Server, sandbox: str) -> 
     assert (await server.run(sandbox, "print('up')"))["output"] == "up\n"
 
 
-async def test_cpu_is_limited(server: Server, sandbox: str) -> None:
+async def test_code_cannot_kill_the_runner(server: Server, sandbox: str, docker_client) -> None:
+    # The runner is PID 1, runs as another user (root, four capabilities) and is the
+    # namespace's init: no signal, trace or /proc read from the code reaches it.
     result = await server.run(
         sandbox,
-        "import time\n"
-        "wall0, cpu0 = time.monotonic(), time.process_time()\n"
-        "while time.monotonic() - wall0 < 3:\n"
-        "    pass\n"
-        "print((time.process_time() - cpu0) / (time.monotonic() - wall0))\n",
+        "import ctypes, os, subprocess, signal\n"
+        "subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
+        "print(os.getppid())\n"
+        "for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGSTOP):\n"
+        "    try:\n"
+        "        os.kill(os.getppid(), sig); print('sent', sig)\n"
+        "    except PermissionError:\n"
+        "        pass\n"
+        "PTRACE_ATTACH = 16\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('ptrace', libc.ptrace(PTRACE_ATTACH, 1, 0, 0), ctypes.get_errno())\n"
+        "for name in ('environ', 'mem', 'fd/0'):\n"
+        "    try:\n"
+        "        open('/proc/1/' + name, 'rb').read(1); print('read', name)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "os.kill(-1, signal.SIGKILL)\n"  # all it may signal (on Linux, not itself)
+        "print('survived')\n",
+        timeout=5,
     )
-    # SANDBOX_CPUS=0.5: the loop gets about half a CPU (a property, not a benchmark).
-    assert float(result["output"]) < 0.75
+    # environ may be readable under gVisor (it holds only the sandbox's fixed
+    # environment: see test_environment_holds_nothing_of_the_server); nothing else is.
+    assert result["output"].replace("read environ\n", "") == "1\nptrace -1 1\nsurvived\n", result
+    assert result["success"] is True
+    container = container_of(docker_client, sandbox)
+    assert await eventually(lambda: _user_processes(container) == [], 5), _user_processes(container)
+    assert (await server.run(sandbox, "print('ok')"))["output"] == "ok\n"
+
+
+async def test_raw_and_packet_sockets_are_refused(case: Case) -> None:
+    result = await case.attack(
+        "import socket\n"
+        "for family, kind, proto in [(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),\n"
+        "                            (socket.AF_PACKET, socket.SOCK_RAW, 0)]:\n"
+        "    try:\n"
+        "        socket.socket(family, kind, proto); print('OPENED', family)\n"
+        "    except OSError as e:\n"
+        "        print('refused')\n"
+    )
+    assert result["output"] == "refused\nrefused\n", result
+
+
+async def test_namespaces_modules_and_kernel_settings_are_out_of_reach(case: Case) -> None:
+    result = await case.attack(
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET = 0x10000000, 0x00020000, 0x40000000\n"
+        "for flags in (CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWUSER | CLONE_NEWNS):\n"
+        "    print('unshare', libc.unshare(flags))\n"
+        "SYS_finit_module, SYS_delete_module = 313, 176\n"  # x86_64
+        "fd = os.open('/dev/null', os.O_RDONLY)\n"
+        "print('finit_module', libc.syscall(SYS_finit_module, fd, b'', 0))\n"
+        "print('delete_module', libc.syscall(SYS_delete_module, b'ext4', 0))\n"
+        "for path in ('/proc/sys/kernel/hostname', '/proc/sysrq-trigger',\n"
+        "             '/sys/kernel/mm/transparent_hugepage/enabled'):\n"
+        "    try:\n"
+        "        open(path, 'w').write('x'); print('WROTE', path)\n"
+        "    except OSError:\n"
+        "        print('refused')\n"
+    )
+    lines = result["output"].splitlines()
+    assert lines[:6] == ["unshare -1"] * 4 + ["finit_module -1", "delete_module -1"], result
+    assert lines[6:] == ["refused"] * 3, result
+    await case.recovered()
+
+
+async def test_no_docker_socket_and_no_host_path_inside(
+    tmp_path, docker_client, monkeypatch
+) -> None:
+    # The server runs in tmp_path with a file there and in its HOME: none of it, and
+    # no Docker socket, is anywhere in the sandbox's file system.
+    marker = tmp_path / "host-only-canary.txt"
+    marker.write_text("host secret")
+    async with start_server({"HOME": str(tmp_path)}, cwd=tmp_path) as srv:
+        sid = await srv.create()
+        result = await srv.run(
+            sid,
+            "import os\n"
+            "found = []\n"
+            "for top in ('/', ):\n"
+            "    for root, dirs, files in os.walk(top):\n"
+            "        if root in ('/proc', '/sys', '/dev'):\n"
+            "            dirs[:] = []\n"
+            "            continue\n"
+            "        for name in files + dirs:\n"
+            "            if 'docker.sock' in name or 'host-only-canary' in name:\n"
+            "                found.append(os.path.join(root, name))\n"
+            f"print(found, os.path.exists({str(tmp_path)!r}))\n",
+            timeout=60,
+        )
+        assert result["output"] == "[] False\n", result

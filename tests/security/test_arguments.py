@@ -1,0 +1,166 @@
+"""Adversarial cases: arguments."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import anyio.from_thread
+import pytest
+from conftest import Server, container_of, start_server
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["nope", "../x", "a" * 300, "ünïcødé", "omcp-", "0123456789ab", "'; rm -rf /"],
+)
+async def test_unknown_ids_are_not_found(server: Server, bad_id: str) -> None:
+    message = await server.error("execute_python_code", {"sandbox_id": bad_id, "code": "1"})
+    assert ("No sandbox" in message) or ("sandbox_id" in message)
+    message = await server.error("remove_sandbox", {"sandbox_id": bad_id, "force": True})
+    assert ("No sandbox" in message) or ("sandbox_id" in message)
+
+
+async def test_other_containers_ids_and_names_are_not_sandboxes(
+    server: Server, sandbox: str, docker_client
+) -> None:
+    container = container_of(docker_client, sandbox)
+    for other in (container.id, container.id[:12], container.name):
+        message = await server.error("execute_python_code", {"sandbox_id": other, "code": "1"})
+        assert "No sandbox" in message
+
+
+async def test_bad_arguments_get_clear_errors(server: Server, sandbox: str) -> None:
+    for timeout in (0, -5, 10**9):
+        message = await server.error(
+            "execute_python_code", {"sandbox_id": sandbox, "code": "1", "timeout": timeout}
+        )
+        assert "timeout" in message
+    assert "timeout" in await server.error("create_sandbox", {"timeout": 0})
+    message = await server.error("execute_python_code", {"sandbox_id": sandbox})
+    assert "code" in message
+    message = await server.error("execute_python_code", {"sandbox_id": sandbox, "code": "a\x00b"})
+    assert "NUL byte" in message
+    # The sandbox is unharmed.
+    assert (await server.run(sandbox, "print('ok')"))["output"] == "ok\n"
+
+
+async def test_code_limits(server: Server, sandbox: str) -> None:
+    # Far beyond argv's 128 KiB: delivered on stdin.
+    big = "s = '" + "x" * 1_000_000 + "'\nprint(len(s))"
+    result = await server.run(sandbox, big)
+    assert result["output"] == "1000000\n"
+    for size in (1024 * 1024 + 10, 10 * 1024 * 1024):
+        too_big = "#" + "x" * size
+        message = await server.error(
+            "execute_python_code", {"sandbox_id": sandbox, "code": too_big}
+        )
+        assert "MAX_CODE_SIZE" in message
+    assert (await server.run(sandbox, "print('ok')"))["output"] == "ok\n"
+
+
+async def test_unknown_parameters_are_refused_by_name(server: Server, sandbox: str) -> None:
+    tools = (await server.session.list_tools()).tools
+    assert all(tool.input_schema.get("additionalProperties") is False for tool in tools)
+    message = await server.error(
+        "execute_python_code", {"sandbox_id": sandbox, "code": "print(1)", "timout": 5}
+    )
+    assert "timout" in message and "Extra inputs are not permitted" in message
+    message = await server.error("list_sandboxes", {"verbose": True})
+    assert "verbose" in message
+
+
+# -- property-based: any argument of a wrong type, or any unknown one, is refused -------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=5,
+)
+
+
+def _wrong_for(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values no lax reading of this property's type accepts."""
+    kind = schema.get("type")
+    structured = st.lists(_JSON, min_size=1, max_size=3) | st.dictionaries(
+        st.text(min_size=1, max_size=5), _JSON, min_size=1, max_size=3
+    )
+    if kind == "string":
+        return st.none() | st.integers() | st.floats(allow_nan=False) | st.booleans() | structured
+    if kind == "integer":
+        letters = st.text(alphabet="abcxyz!? ", min_size=1, max_size=8)
+        return st.none() | letters | st.floats(min_value=0.1, max_value=0.9) | structured
+    if kind == "boolean":
+        return (
+            st.none() | st.integers(min_value=2) | st.text(alphabet="qwx", min_size=1) | structured
+        )
+    return structured
+
+
+@pytest.fixture(scope="module")
+def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Server, dict]]:
+    # Hypothesis drives a synchronous test: the server lives in a portal's event loop.
+    with anyio.from_thread.start_blocking_portal() as portal:
+        cwd = tmp_path_factory.mktemp("fuzz")
+        with portal.wrap_async_context_manager(
+            start_server({"SANDBOX_POOL_SIZE": "0"}, cwd=cwd)
+        ) as srv:
+            tools = portal.call(srv.session.list_tools).tools
+            yield portal, srv, {tool.name: tool.input_schema for tool in tools}
+
+
+@st.composite
+def _bad_call(draw: st.DrawFn, schemas: dict[str, dict]) -> tuple[str, dict[str, Any]]:
+    name = draw(st.sampled_from(sorted(schemas)))
+    properties = schemas[name].get("properties", {})
+    arguments: dict[str, Any] = {
+        key: draw(_JSON)
+        for key in draw(
+            st.sets(st.sampled_from(sorted(properties)) if properties else st.nothing())
+        )
+    }
+    if properties and draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(properties)))
+        arguments[key] = draw(_wrong_for(properties[key]))
+    else:
+        unknown = draw(st.text(min_size=1, max_size=12).filter(lambda k: k not in properties))
+        arguments[unknown] = draw(_JSON)
+    return name, arguments
+
+
+@pytest.mark.slow
+def test_any_wrong_type_or_unknown_argument_is_a_clear_error(portal_server, docker_client) -> None:
+    portal, srv, schemas = portal_server
+    before = _containers_of(docker_client, srv)
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(call=_bad_call(schemas))
+    def check(call: tuple[str, dict[str, Any]]) -> None:
+        name, arguments = call
+        result = portal.call(srv.session.call_tool, name, arguments)
+        assert result.is_error, (name, arguments, result)
+        text = result.content[0].text
+        assert "Traceback" not in text and text.startswith(f"Error executing tool {name}")
+        # A validation error names the argument it refused.
+        assert "validation error" in text, text
+
+    check()
+    # Nothing else happened: no sandbox was made or removed, the server still answers.
+    assert _containers_of(docker_client, srv) == before
+    assert portal.call(srv.session.call_tool, "list_sandboxes", {}).is_error is False
+
+
+def _containers_of(docker_client: Any, srv: Server) -> set[str]:
+    return {
+        c.id
+        for c in docker_client.containers.list(all=True, filters={"label": "omcp_py.role=sandbox"})
+        if c.labels.get("omcp_py.owner-pid") == str(srv.pid)
+    }

@@ -1,0 +1,51 @@
+"""Adversarial cases: output."""
+
+import pytest
+from conftest import Server, peak_rss_mb
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_100_mb_flood_is_truncated(server: Server, sandbox: str) -> None:
+    result = await server.run(
+        sandbox,
+        "import sys\n"
+        "sys.stdout.write('A' * 1000 + 'x' * 100_000_000 + 'Z' * 1000)\n"
+        "sys.stderr.write('e' * 5_000_000)\n",
+    )
+    assert result["success"] is True and result["truncated"] is True
+    output = result["output"]
+    assert output.startswith("A" * 1000) and output.endswith("Z" * 1000)
+    assert "bytes of stdout left out" in output
+    assert len(output) < 1024 * 1024 + 200
+    assert "bytes of stderr left out" in result["error"]
+    # The server held only the capped output (generous bound; it is ~60 MB at rest).
+    assert peak_rss_mb(server.pid) < 200
+    assert (await server.run(sandbox, "print('after')"))["output"] == "after\n"
+
+
+async def test_output_that_looks_like_protocol_is_only_data(server: Server, sandbox: str) -> None:
+    fake = '{"jsonrpc": "2.0", "id": 1, "result": {}}'
+    result = await server.run(sandbox, f"print({fake!r})\nprint('\\x1b[31mred\\x1b[0m\\r\\x07')")
+    assert result["output"].splitlines()[0] == fake
+    assert "\x1b[31mred" in result["output"]
+    assert (await server.call("list_sandboxes"))["count"] == 1
+
+
+async def test_invalid_utf8_and_binary_output_is_replaced(server: Server, sandbox: str) -> None:
+    result = await server.run(
+        sandbox, "import os, sys\nos.write(1, b'ok \\xff\\xfe\\x00 end')\nos.write(2, b'\\xc3')"
+    )
+    assert result["output"] == "ok \ufffd\ufffd\x00 end"
+    assert result["error"] == "\ufffd"
+    assert (await server.run(sandbox, "print('still fine')"))["output"] == "still fine\n"
+
+
+async def test_ansi_escapes_and_control_characters_are_only_data(
+    server: Server, sandbox: str
+) -> None:
+    nasty = "\\x1b[2J\\x1b[31mred\\x1b[0m\\x07\\x08\\x00\\r\\x1b]0;title\\x07\\u2028\\u2029end"
+    result = await server.run(sandbox, f"import sys; sys.stdout.write('{nasty}')")
+    expected = "\x1b[2J\x1b[31mred\x1b[0m\x07\x08\x00\r\x1b]0;title\x07\u2028\u2029end"
+    assert result["output"] == expected
+    assert (await server.run(sandbox, "print('next')"))["output"] == "next\n"
