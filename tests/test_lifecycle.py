@@ -17,15 +17,12 @@ import pytest
 from conftest import (
     container_of,
     eventually,
+    owned_by,
     process_ended,
     start_server,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def _owned_by(client, owner: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"omcp_py.owner={owner}"})
 
 
 async def test_reaper_removes_idle_sandboxes(tmp_path, docker_client) -> None:
@@ -55,8 +52,8 @@ async def test_stdin_close_removes_the_servers_sandboxes(tmp_path, docker_client
         await srv.create()
         owner = container_of(docker_client, sid).labels["omcp_py.owner"]
         # Two sandboxes, and the warm pool's (SANDBOX_POOL_SIZE=2) once it has refilled.
-        assert await eventually(lambda: len(_owned_by(docker_client, owner)) == 4, 20)
-    assert await eventually(lambda: _owned_by(docker_client, owner) == [], 10)
+        assert await eventually(lambda: len(owned_by(docker_client, owner)) == 4, 20)
+    assert await eventually(lambda: owned_by(docker_client, owner) == [], 10)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -67,7 +64,7 @@ async def test_signals_remove_the_servers_sandboxes(tmp_path, docker_client, sig
         pid = srv.pid
         os.kill(pid, signum)
         assert await eventually(lambda: process_ended(pid), 15)
-        assert _owned_by(docker_client, owner) == []
+        assert owned_by(docker_client, owner) == []
 
 
 async def test_docker_down_at_start(tmp_path) -> None:
@@ -107,19 +104,26 @@ async def _engine_proxy(path: Path):
                 tg.start_soon(pump, upstream, client)
 
     listener = await anyio.create_unix_listener(path)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, handle)
-        try:
-            yield
-        finally:
-            tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, handle)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        # Not awaited inside the cancelled scope: a checkpoint there would raise a
+        # cancellation that the scope swallows, and a failed assertion of the body
+        # with it.
+        with anyio.CancelScope(shield=True):
             await listener.aclose()
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 async def test_engine_outage_and_recovery_without_restart(tmp_path, docker_client) -> None:
     sock = tmp_path / "engine.sock"
-    async with start_server({"DOCKER_HOST": f"unix://{sock}"}, cwd=tmp_path) as srv:
+    env = {"DOCKER_HOST": f"unix://{sock}", "SANDBOX_POOL_SIZE": "0"}
+    async with start_server(env, cwd=tmp_path) as srv:
         assert "not reachable" in await srv.error("create_sandbox")
         async with _engine_proxy(sock):
             sid = await srv.create()

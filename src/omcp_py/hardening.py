@@ -104,6 +104,11 @@ def sandbox_run_kwargs(
             str(config.sandbox_pids_limit if own_kernel(config) else 0),
         ),
         "stdin_open": True,
+        # Without it docker-py sets StdinOnce (like `docker run -i`): the engine would
+        # close PID 1's stdin for good the first time an attach connection ends (a
+        # network blip to a remote engine, a proxy going away), and no request would
+        # reach the runner again.
+        "detach": True,
         "labels": labels,
         "hostname": "sandbox",
         "user": "0:0",
