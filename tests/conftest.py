@@ -1,12 +1,13 @@
 """Shared test machinery: the real server over stdio, through the real MCP client,
 against the real Docker engine (the CI script starts it)."""
 
+import contextlib
 import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,12 @@ async def start_server(
         ClientSession(read, write, read_timeout_seconds=300) as session,
     ):
         await session.initialize()
-        yield Server(session, marker)
+        server = Server(session, marker)
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(LookupError, OSError, AssertionError):
+                SERVER_PEAKS_MB.append(peak_rss_mb(server.pid))  # while it still runs
 
 
 @pytest.fixture
@@ -129,6 +135,12 @@ async def server(docker_client: docker.DockerClient, tmp_path: Path) -> AsyncIte
 @pytest.fixture
 async def sandbox(server: Server) -> str:
     return await server.create()
+
+
+def owned_by(client: docker.DockerClient, owner: str) -> list[dict[str, Any]]:
+    """The containers of one server, as the engine lists them (raw summaries: no
+    inspect per container, which a container removed meanwhile would fail)."""
+    return client.api.containers(all=True, filters={"label": f"omcp_py.owner={owner}"})
 
 
 def container_of(client: docker.DockerClient, sandbox_id: str) -> Any:
@@ -183,8 +195,10 @@ def process_ended(pid: int) -> bool:
 # -- the adversarial suite (tests/security) -----------------------------------------
 # Every case attacks through the real MCP client, then checks from outside: the result,
 # the time it took, what is left in the container, the server's memory, the neighbours.
-# With OMCP_SECURITY_RECORD set to a file path, each case that uses the ``case``
-# fixture appends one record to it (bench/security_report.py reads them).
+# With OMCP_SECURITY_RECORD set to a file path, each case in tests/security appends
+# one record to it: passed, the peak memory of its servers, and for the cases that use
+# the ``case`` fixture the time from the attack to a working sandbox again
+# (bench/security_report.py runs the suite and reads them).
 
 # A result arrives within its timeout plus this much, or the case fails.
 RESULT_GRACE_S = 5.0
@@ -229,19 +243,6 @@ class Case:
         if self.started is not None:
             self.recovery_s = time.monotonic() - self.started
 
-    def record(self, nodeid: str) -> None:
-        path = os.environ.get("OMCP_SECURITY_RECORD")
-        if not path:
-            return
-        entry = {
-            "case": nodeid,
-            "class": Path(nodeid.split("::")[0]).stem.removeprefix("test_"),
-            "recovery_s": self.recovery_s,
-            "server_peak_mb": peak_rss_mb(self.server.pid),
-        }
-        with open(path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-
 
 @pytest.fixture
 async def case(
@@ -249,4 +250,37 @@ async def case(
 ) -> AsyncIterator[Case]:
     attack = Case(server, sandbox, docker_client)
     yield attack
-    attack.record(request.node.nodeid)
+    request.node.omcp_recovery_s = attack.recovery_s
+
+
+# The peak memory of every server a test started, read just before it stopped.
+SERVER_PEAKS_MB: list[float] = []
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    report = yield
+    setattr(item, f"omcp_{report.when}", report)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def security_record(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One line per adversarial case for bench/security_report.py (when it asks)."""
+    path = os.environ.get("OMCP_SECURITY_RECORD")
+    first = len(SERVER_PEAKS_MB)
+    yield
+    if not path or "security" not in request.node.nodeid.split("::")[0]:
+        return
+    call = getattr(request.node, "omcp_call", None)
+    peaks = SERVER_PEAKS_MB[first:]
+    entry = {
+        "case": request.node.nodeid,
+        "class": Path(request.node.nodeid.split("::")[0]).stem.removeprefix("test_"),
+        "passed": bool(call and call.passed),
+        "duration_s": round(call.duration, 2) if call else None,
+        "recovery_s": getattr(request.node, "omcp_recovery_s", None),
+        "server_peak_mb": max(peaks) if peaks else None,
+    }
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")

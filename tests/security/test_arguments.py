@@ -159,8 +159,9 @@ def test_any_wrong_type_or_unknown_argument_is_a_clear_error(portal_server, dock
 
 
 def _containers_of(docker_client: Any, srv: Server) -> set[str]:
+    owner = {"omcp_py.owner-pid": str(srv.pid)}
     return {
-        c.id
-        for c in docker_client.containers.list(all=True, filters={"label": "omcp_py.role=sandbox"})
-        if c.labels.get("omcp_py.owner-pid") == str(srv.pid)
+        c["Id"]
+        for c in docker_client.api.containers(all=True, filters={"label": "omcp_py.role=sandbox"})
+        if owner.items() <= c["Labels"].items()
     }

@@ -9,14 +9,11 @@ from conftest import (
     Server,
     container_of,
     eventually,
+    owned_by,
     start_server,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def _owned_by(client, owner: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"omcp_py.owner={owner}"})
 
 
 def _exists(client, container_id: str) -> bool:
@@ -45,7 +42,7 @@ async def test_max_sandboxes_holds_under_concurrent_creates(tmp_path, docker_cli
         owner = container_of(docker_client, ok[0].structured_content["sandbox_id"]).labels[
             "omcp_py.owner"
         ]
-        assert len(_owned_by(docker_client, owner)) == 10
+        assert len(owned_by(docker_client, owner)) == 10
         # A freed slot can be used again.
         await srv.call(
             "remove_sandbox", {"sandbox_id": ok[0].structured_content["sandbox_id"], "force": True}
