@@ -218,6 +218,16 @@ async def test_namespaces_modules_and_kernel_settings_are_out_of_reach(case: Cas
     lines = result["output"].splitlines()
     assert lines[:6] == ["unshare -1"] * 4 + ["finit_module -1", "delete_module -1"], result
     assert lines[6:] == ["refused"] * 3, result
+    # What ordinary code does with processes and threads still works beside the filter.
+    normal = await case.server.run(
+        case.sandbox,
+        "import multiprocessing, subprocess, threading\n"
+        "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+        "print(subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout.strip())\n"
+        "with multiprocessing.Pool(2) as pool:\n"
+        "    print(sum(pool.map(abs, [-1, -2, -3])))\n",
+    )
+    assert normal["output"] == "thread\nchild\n6\n", normal
     await case.recovered()
 
 
