@@ -615,6 +615,9 @@ class SandboxManager:
         # the listing was in flight is missing from it, not gone.
         known = set(self._sandboxes)
         known_pool = {s.id for s in self.pool.ready}
+        # Likewise a container still being made when the engine listed it shows as not
+        # running, even if it runs by the time the listing is read.
+        in_flight = self._creating | self.pool.making
         containers = await self._control(
             self._list_containers, {ownership.OWNER: self.owner.instance}
         )
@@ -625,7 +628,7 @@ class SandboxManager:
             sandbox_id = container.labels.get(ownership.SANDBOX_ID)
             if container.running:
                 running[sandbox_id] = container
-            elif sandbox_id in self._creating or sandbox_id in self.pool.making:
+            elif sandbox_id in in_flight or sandbox_id in self._creating | self.pool.making:
                 continue
             else:
                 log.info("sandbox container %s has stopped: removing it", container.name)
