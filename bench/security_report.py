@@ -3,10 +3,11 @@
     uv run --frozen python bench/security_report.py [--runtime runsc] [pytest args...]
 
 For each class (time, resources, output, escape, arguments, lifecycle under load):
-how many cases ran and passed, the worst time from an attack to a working sandbox
-again (for the cases that measure it), and the peak memory of the servers the cases
-started. The figures come from the suite itself (tests/conftest.py writes a record per
-case when OMCP_SECURITY_RECORD is set); this script asserts nothing.
+how many cases ran and passed, the worst time to recover (from the attack's result to
+a clean sandbox answering again, for the cases that measure it), the slowest case, and
+the peak memory of the servers the cases started. The figures come from the suite
+itself (tests/conftest.py writes a record per case when OMCP_SECURITY_RECORD is set);
+this script asserts nothing.
 """
 
 from __future__ import annotations

@@ -143,6 +143,10 @@ def owned_by(client: docker.DockerClient, owner: str) -> list[dict[str, Any]]:
     return client.api.containers(all=True, filters={"label": f"omcp_py.owner={owner}"})
 
 
+def container_exists(client: docker.DockerClient, container_id: str) -> bool:
+    return bool(client.api.containers(all=True, filters={"id": container_id}))
+
+
 def container_of(client: docker.DockerClient, sandbox_id: str) -> Any:
     """The container behind a sandbox id (found by label, as the server does)."""
     found = client.containers.list(all=True, filters={"label": f"omcp_py.sandbox-id={sandbox_id}"})
@@ -171,6 +175,12 @@ def processes_in(container: Any, warm: bool = False) -> list[str]:
     )
     result = container.exec_run(["python3", "-c", code], user="0")
     return [line for line in result.output.decode().splitlines() if line.strip()]
+
+
+def user_processes(container: Any) -> list[str]:
+    """Processes of the code left in the container: all but PID 1 (the runner) and
+    the warm child waiting for the next run."""
+    return [p for p in processes_in(container) if not p.startswith("1 ")]
 
 
 async def eventually(predicate: Any, timeout: float, interval: float = 0.25) -> bool:
@@ -204,12 +214,12 @@ def process_ended(pid: int) -> bool:
 RESULT_GRACE_S = 5.0
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident memory (VmHWM), in MiB."""
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak resident memory (VmHWM; or another /proc status field), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {field}")
 
 
 class Case:
@@ -219,29 +229,32 @@ class Case:
         self.server = server
         self.sandbox = sandbox
         self.docker = docker_client
-        self.started: float | None = None
+        self.answered: float | None = None
         self.recovery_s: float | None = None
 
     async def attack(self, code: str, timeout: int = 10, sandbox: str | None = None) -> dict:
         """Run hostile code; the result must come within timeout + RESULT_GRACE_S."""
-        self.started = time.monotonic()
+        started = time.monotonic()
         result = await self.server.run(sandbox or self.sandbox, code, timeout=timeout)
-        took = time.monotonic() - self.started
+        self.answered = time.monotonic()
+        took = self.answered - started
         assert took < timeout + RESULT_GRACE_S, f"the result took {took:.1f} s"
         return result
 
     def leftovers(self, sandbox: str | None = None) -> list[str]:
         """Processes in the sandbox but PID 1 (and the warm child waiting for code)."""
-        container = container_of(self.docker, sandbox or self.sandbox)
-        return [p for p in processes_in(container) if not p.startswith("1 ")]
+        return user_processes(container_of(self.docker, sandbox or self.sandbox))
 
     async def recovered(self, sandbox: str | None = None) -> None:
-        """Nothing of the attack is left, and the sandbox answers a plain run again."""
+        """Nothing of the attack is left, and the sandbox answers a plain run again.
+
+        The time from the attack's result to that answer is the case's recovery time.
+        """
         assert await eventually(lambda: self.leftovers(sandbox) == [], 5), self.leftovers(sandbox)
         result = await self.server.run(sandbox or self.sandbox, "print('ok')")
         assert result["output"] == "ok\n", result
-        if self.started is not None:
-            self.recovery_s = time.monotonic() - self.started
+        if self.answered is not None:
+            self.recovery_s = time.monotonic() - self.answered
 
 
 @pytest.fixture

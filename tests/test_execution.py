@@ -1,36 +1,10 @@
 """Executions never hang, never flood, never block one another."""
 
-from pathlib import Path
-
 import anyio
 import pytest
-from conftest import Server, processes_in
+from conftest import Server
 
 pytestmark = pytest.mark.anyio
-
-STUBBORN = """
-import signal, subprocess, sys
-IGNORE = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
-PARENT = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', %r]); " % IGNORE + IGNORE
-subprocess.Popen([sys.executable, "-c", PARENT])  # a child and a grandchild ignoring SIGTERM
-subprocess.Popen([sys.executable, "-c", IGNORE], start_new_session=True)  # a setsid daemon
-print("started", flush=True)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-while True:
-    pass
-"""
-
-
-def _user_processes(container) -> list[str]:
-    # Everything but PID 1 (the sandbox's init).
-    return [p for p in processes_in(container) if not p.startswith("1 ")]
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 async def test_a_long_run_blocks_nothing_else(server: Server) -> None:

@@ -1,4 +1,5 @@
-"""Adversarial cases: arguments."""
+"""Hostile tool arguments: other containers' ids, odd ids, huge code, bad timeouts,
+wrong types, unknown parameters (also property-based, over the tool schemas)."""
 
 from collections.abc import Iterator
 from typing import Any

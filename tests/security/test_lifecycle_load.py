@@ -1,12 +1,17 @@
-"""Adversarial cases: lifecycle."""
+"""The lifecycle under load and accidents: concurrent creates against the limit, many
+executions on one connection, removal mid-run, containers and servers killed, the
+engine going away and coming back."""
 
 import os
 import signal
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
 from conftest import (
     Server,
+    container_exists,
     container_of,
     eventually,
     owned_by,
@@ -14,14 +19,6 @@ from conftest import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def _exists(client, container_id: str) -> bool:
-    try:
-        client.containers.get(container_id)
-        return True
-    except Exception:
-        return False
 
 
 async def test_max_sandboxes_holds_under_concurrent_creates(tmp_path, docker_client) -> None:
@@ -71,7 +68,9 @@ async def test_killed_server_leaves_orphans_that_the_next_server_reaps(
         assert orphan_container.status == "running"  # nobody cleaned up after SIGKILL
 
         async with start_server(cwd=tmp_path) as successor:
-            assert await eventually(lambda: not _exists(docker_client, orphan_container.id), 20)
+            assert await eventually(
+                lambda: not container_exists(docker_client, orphan_container.id), 20
+            )
             assert (await successor.call("list_sandboxes"))["count"] == 0
             # The live neighbour's sandbox was left alone.
             assert (await neighbour.run(kept, "print('mine')"))["output"] == "mine\n"
@@ -135,3 +134,63 @@ async def test_200_concurrent_executions_over_10_sandboxes_on_one_connection(
         assert sorted(answers) == list(range(200))
         assert all(answers[i]["output"] == f"{i * 3}\n" for i in answers)
         assert all(answers[i]["success"] for i in answers)
+
+
+@asynccontextmanager
+async def _engine_proxy(path: Path):
+    """A byte-level proxy to the real engine on a socket we can take away."""
+    target = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+
+    async def handle(client) -> None:
+        async with client:
+            try:
+                upstream = await anyio.connect_unix(target)
+            except OSError:
+                return
+            async with upstream, anyio.create_task_group() as tg:
+
+                async def pump(src, dst) -> None:
+                    try:
+                        async for chunk in src:
+                            await dst.send(chunk)
+                        await dst.send_eof()
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(pump, client, upstream)
+                tg.start_soon(pump, upstream, client)
+
+    listener = await anyio.create_unix_listener(path)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, handle)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        # Not awaited inside the cancelled scope: a checkpoint there would raise a
+        # cancellation that the scope swallows, and a failed assertion of the body
+        # with it.
+        with anyio.CancelScope(shield=True):
+            await listener.aclose()
+        path.unlink(missing_ok=True)
+
+
+async def test_engine_outage_and_recovery_without_restart(tmp_path, docker_client) -> None:
+    sock = tmp_path / "engine.sock"
+    env = {"DOCKER_HOST": f"unix://{sock}", "SANDBOX_POOL_SIZE": "0"}
+    async with start_server(env, cwd=tmp_path) as srv:
+        assert "not reachable" in await srv.error("create_sandbox")
+        async with _engine_proxy(sock):
+            sid = await srv.create()
+            assert (await srv.run(sid, "print('up')"))["output"] == "up\n"
+        # Engine gone while the server runs: clear errors, no hang.
+        assert "not reachable" in await srv.error("list_sandboxes")
+        assert "not reachable" in await srv.error(
+            "execute_python_code", {"sandbox_id": sid, "code": "1"}
+        )
+        async with _engine_proxy(sock):
+            assert (await srv.run(sid, "print('back')"))["output"] == "back\n"
+            assert (await srv.call("list_sandboxes"))["count"] == 1
+            await srv.call("remove_sandbox", {"sandbox_id": sid, "force": True})

@@ -1,4 +1,5 @@
-"""Adversarial cases: resources."""
+"""Attacks on resources: memory, processes, CPU, disk, file descriptors. Each is held
+by a limit, says so clearly, and leaves the sandbox, the server and the neighbours fine."""
 
 import anyio
 import pytest

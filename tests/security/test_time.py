@@ -1,7 +1,8 @@
-"""Adversarial cases: time."""
+"""Attacks on time: code that will not stop. Each result comes within its timeout plus
+5 s, says it timed out, and nothing the run started is left in the sandbox."""
 
 import pytest
-from conftest import Case, Server, container_of, eventually, processes_in
+from conftest import Case, Server, container_of, eventually, user_processes
 
 pytestmark = pytest.mark.anyio
 
@@ -19,11 +20,6 @@ while True:
 """
 
 
-def _user_processes(container) -> list[str]:
-    # Everything but PID 1 (the sandbox's init).
-    return [p for p in processes_in(container) if not p.startswith("1 ")]
-
-
 async def test_timeout_kills_the_whole_tree(server: Server, sandbox: str, docker_client) -> None:
     result = await server.run(sandbox, STUBBORN, timeout=3)
     assert result["timed_out"] is True and result["success"] is False
@@ -31,7 +27,7 @@ async def test_timeout_kills_the_whole_tree(server: Server, sandbox: str, docker
     assert "timed out after 3 s" in result["error"]
     assert result["duration_ms"] >= 3000
     container = container_of(docker_client, sandbox)
-    assert await eventually(lambda: _user_processes(container) == [], 5), _user_processes(container)
+    assert await eventually(lambda: user_processes(container) == [], 5), user_processes(container)
     assert (await server.run(sandbox, "print('next')"))["output"] == "next\n"
 
 
@@ -63,7 +59,7 @@ async def test_background_processes_end_with_the_run(
     )
     assert result["output"] == "returned\n" and result["timed_out"] is False
     container = container_of(docker_client, sandbox)
-    assert await eventually(lambda: _user_processes(container) == [], 5), _user_processes(container)
+    assert await eventually(lambda: user_processes(container) == [], 5), user_processes(container)
 
 
 async def test_input_gets_end_of_file(server: Server, sandbox: str) -> None:
