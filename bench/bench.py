@@ -399,20 +399,14 @@ def report(o: dict[str, Any], b: dict[str, Any]) -> None:
             "",
             "",
         )
-    row(
-        "new sandbox -> first result, pool warm p50",
-        ms(pct(o["first_pool"], 50)),
-        ms(pct(b["first"], 50)),
-        f"{pct(b['first'], 50) / pct(o['first_pool'], 50):.1f}x faster",
-        "",
-    )
-    row(
-        "new sandbox -> first result, pool 0 p50",
-        ms(pct(o["first_cold"], 50)),
-        ms(pct(b["first"], 50)),
-        f"{pct(b['first'], 50) / pct(o['first_cold'], 50):.1f}x faster",
-        "",
-    )
+    for key, pool in (("first_pool", "warm"), ("first_cold", "0")):
+        row(
+            f"new sandbox -> first result, pool {pool} p50",
+            ms(pct(o[key], 50)),
+            ms(pct(b["first"], 50)),
+            f"{pct(b['first'], 50) / pct(o[key], 50):.1f}x faster",
+            "",
+        )
     row(
         "throughput, 100 runs over 4 sandboxes",
         f"{o['throughput']:.0f}/s",

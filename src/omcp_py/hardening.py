@@ -45,6 +45,11 @@ def _tmpfs(size: int, mode: str, owned: bool) -> str:
     return options + (",uid=1000,gid=1000" if owned else "")
 
 
+# Memory of gVisor's own kernel, given on top of SANDBOX_MEMORY (it used 45-70 MiB
+# here, with one to a hundred processes of the code).
+GVISOR_MEMORY_ROOM = 128 * 1024**2
+
+
 def own_kernel(config: SandboxConfig) -> bool:
     """True when SANDBOX_RUNTIME gives each sandbox a kernel of its own (gVisor)."""
     runtime = (config.sandbox_runtime or "").lower()
@@ -246,11 +251,6 @@ _ENFORCED_BY = {
     "PidsLimit": "process limit (SANDBOX_PIDS_LIMIT)",
     "CpuCfsQuota": "CPU limit (SANDBOX_CPUS)",
 }
-
-
-# Memory of gVisor's own kernel, given on top of SANDBOX_MEMORY (it used 45-70 MiB
-# here, with one to a hundred processes of the code).
-GVISOR_MEMORY_ROOM = 128 * 1024**2
 
 
 def memory_guard(config: SandboxConfig) -> int:

@@ -621,6 +621,7 @@ class SandboxManager:
         containers = await self._control(
             self._list_containers, {ownership.OWNER: self.owner.instance}
         )
+        in_flight |= self._creating | self.pool.making  # and those begun since
         running = {}
         for container in containers:
             if container.is_installer:
@@ -628,7 +629,7 @@ class SandboxManager:
             sandbox_id = container.labels.get(ownership.SANDBOX_ID)
             if container.running:
                 running[sandbox_id] = container
-            elif sandbox_id in in_flight or sandbox_id in self._creating | self.pool.making:
+            elif sandbox_id in in_flight:
                 continue
             else:
                 log.info("sandbox container %s has stopped: removing it", container.name)

@@ -305,7 +305,6 @@ def prepare_seccomp():
     global SECCOMP_PROGRAM
     if _prctl is None:
         return
-    import ctypes
 
     class SockFilter(ctypes.Structure):
         _fields_ = [
@@ -320,18 +319,17 @@ def prepare_seccomp():
 
     program = seccomp_program()
     filters = (SockFilter * len(program))(*[SockFilter(*op) for op in program])
-    SECCOMP_PROGRAM = (SockFprog(len(program), filters), filters)
+    fprog = SockFprog(len(program), filters)
+    # The pointer keeps the program alive; each child passes it to prctl as is.
+    SECCOMP_PROGRAM = ctypes.byref(fprog)
 
 
 def install_seccomp():
     """Load the filter into this process (and all it starts). False when impossible."""
     if SECCOMP_PROGRAM is None:
         return False
-    import ctypes
-
     PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
-    fprog = ctypes.byref(SECCOMP_PROGRAM[0])
-    return _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0) == 0
+    return _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, SECCOMP_PROGRAM, 0, 0) == 0
 
 
 def become_code_user():
