@@ -207,8 +207,8 @@ def process_ended(pid: int) -> bool:
 # the time it took, what is left in the container, the server's memory, the neighbours.
 # With OMCP_SECURITY_RECORD set to a file path, each case in tests/security appends
 # one record to it: passed, the peak memory of its servers, and for the cases that use
-# the ``case`` fixture the time from the attack to a working sandbox again
-# (bench/security_report.py runs the suite and reads them).
+# the ``case`` fixture the time from the attack's result to a clean sandbox answering
+# again (bench/security_report.py runs the suite and reads them).
 
 # A result arrives within its timeout plus this much, or the case fails.
 RESULT_GRACE_S = 5.0
