@@ -1,6 +1,6 @@
-"""``python -m omcp_py``: run the MCP server over stdio."""
+"""``python -m omcp_py``: the same command as ``omcp_py``."""
 
-from omcp_py.main import main
+from omcp_py.cli import main
 
 if __name__ == "__main__":
     main()

@@ -6,17 +6,15 @@ the server) costs nothing when Docker is slow or absent.
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from omcp_py.docker_host import EngineCandidate, locate
 from omcp_py.errors import DockerUnavailable, EngineError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_URL = "unix:///var/run/docker.sock"
 
 
 class Engine:
@@ -33,19 +31,30 @@ class Engine:
         self._timeout = timeout
         self._client: Any = None
         self._lock = threading.Lock()
+        self._where: EngineCandidate | None = None
+
+    @property
+    def where(self) -> EngineCandidate:
+        """Where the engine is looked for (settings, docker context, usual sockets)."""
+        if self._where is None:
+            self._where = locate(self._base_url)
+        return self._where
 
     @property
     def url(self) -> str:
         """The engine address this server talks to, for messages."""
-        return self._base_url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
+        return self.where.url
 
     def unreachable(self, reason: object = None) -> DockerUnavailable:
         """The error every tool gives while the engine cannot be reached."""
         detail = f" ({reason})" if reason else ""
-        return DockerUnavailable(
-            f"Docker engine not reachable at {self.url}{detail}: start Docker, "
-            f"or set DOCKER_HOST (or SANDBOX_BASE_URL) to the engine's socket."
+        error = DockerUnavailable(
+            f"Docker engine not reachable at {self.url} ({self.where.source}){detail}: "
+            f"start Docker, or set DOCKER_HOST (or SANDBOX_BASE_URL) to the engine's socket; "
+            f"`omcp_py doctor` shows where it looked."
         )
+        error.reason = str(reason or "no answer")
+        return error
 
     def client(self) -> Any:
         """The connected client, connecting first if needed (blocking).
@@ -57,18 +66,22 @@ class Engine:
             if self._client is None:
                 import docker
 
+                # Looked up again at each connection: Docker Desktop or Colima may
+                # have started since.
+                self._where = locate(self._base_url)
                 try:
-                    if self._base_url:
-                        client = docker.DockerClient(
-                            base_url=self._base_url, version="auto", timeout=self._timeout
-                        )
-                    else:
+                    if self._where.source == "DOCKER_HOST":
+                        # from_env also reads DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
                         client = docker.from_env(version="auto", timeout=self._timeout)
+                    else:
+                        client = docker.DockerClient(
+                            base_url=self._where.url, version="auto", timeout=self._timeout
+                        )
                 except docker.errors.DockerException as exc:
                     if read_timed_out(exc):
                         raise self._too_slow() from None
                     raise self.unreachable(_short(exc)) from None
-                log.info("connected to the Docker engine at %s", self.url)
+                log.info("connected to the Docker engine at %s (%s)", self.url, self.where.source)
                 self._client = client
             return self._client
 

@@ -17,6 +17,8 @@ class ConfigError(OmcpError):
 class DockerUnavailable(OmcpError):
     """The Docker engine cannot be reached."""
 
+    reason: str = ""  # the cause in a few words, for `omcp_py doctor`
+
 
 class IsolationUnavailable(OmcpError):
     """The engine cannot enforce a limit every sandbox must have."""
@@ -40,6 +42,10 @@ class SandboxStillActive(OmcpError):
 
 class SandboxCreateFailed(OmcpError):
     """The engine could not create or start the sandbox container."""
+
+
+class ImageUnavailable(SandboxCreateFailed):
+    """The sandbox image is not on the engine and could not be pulled."""
 
 
 class InvalidArgument(OmcpError):

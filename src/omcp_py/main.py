@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 import anyio
+import anyio.from_thread
 from mcp.server.mcpserver import Context, MCPServer  # MCPServer: mcp 2.x's successor to FastMCP
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -83,6 +84,16 @@ def _manager(ctx: Context) -> SandboxManager:
     return ctx.request_context.lifespan_context
 
 
+def _progress(ctx: Context) -> Callable[[int, int, str], None]:
+    """A progress reporter the manager's worker threads can call (a no-op unless the
+    client sent a progress token)."""
+
+    def report(done: int, total: int, message: str) -> None:
+        anyio.from_thread.run(ctx.report_progress, done, total, message)
+
+    return report
+
+
 def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = None) -> MCPServer:
     """Build the MCP server with its tools; nothing runs until it is served.
 
@@ -134,11 +145,14 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
     ) -> CreateSandboxResult:
         """Create an isolated Python sandbox (no network, limited memory and CPU); returns its id.
 
+        The first one on a new machine may wait for the image to download (progress is
+        reported).
+
         Args:
             timeout: idle seconds after which the sandbox and its files are removed.
             stateful: executions share one interpreter, so variables survive between them.
         """
-        return await _manager(ctx).create(timeout, stateful)
+        return await _manager(ctx).create(timeout, stateful, _progress(ctx))
 
     @server.tool(
         title="List sandboxes",
@@ -326,8 +340,8 @@ async def _stop_on_signal(scope: anyio.CancelScope, cleaned_up: threading.Event)
     os._exit(0)
 
 
-def main() -> None:
-    """Console entry point (``omcp_py``, ``omcp-py``, ``python -m omcp_py``)."""
+def run_stdio() -> None:
+    """Serve MCP over stdio with the settings of the environment and ``.env``."""
     try:
         config = load_config()
     except ConfigError as exc:

@@ -28,6 +28,7 @@ from omcp_py.engine import Engine
 from omcp_py.errors import (
     ConfigError,
     EngineError,
+    ImageUnavailable,
     InvalidArgument,
     IsolationUnavailable,
     OmcpError,
@@ -43,6 +44,7 @@ from omcp_py.hardening import (
     runtime_problem,
     sandbox_run_kwargs,
 )
+from omcp_py.images import ImagePuller, Progress, fix_for_missing
 from omcp_py.installer import Installer, RawInstall
 from omcp_py.models import (
     CreateSandboxResult,
@@ -132,6 +134,7 @@ class SandboxManager:
         self._creating: set[str] = set()
         self._closing = False
         self._checked_client: Any = None
+        self.images = ImagePuller()
         self._exec_limiter: anyio.CapacityLimiter | None = None
         self._control_limiter: anyio.CapacityLimiter | None = None
         self._install_limiter: anyio.CapacityLimiter | None = None
@@ -251,12 +254,16 @@ class SandboxManager:
 
     # -- tools -------------------------------------------------------------------------
 
-    async def create(self, timeout: int, stateful: bool = False) -> CreateSandboxResult:
+    async def create(
+        self, timeout: int, stateful: bool = False, progress: Progress | None = None
+    ) -> CreateSandboxResult:
         """Hand over a hardened sandbox: a ready one from the pool, or a new one.
 
         Args:
             timeout: idle seconds before the sandbox expires.
             stateful: its executions share one interpreter (variables survive).
+            progress: called from a worker thread about every second while the image
+                is being pulled (its first use on this engine).
 
         Returns:
             The new sandbox's id and timestamps.
@@ -264,6 +271,7 @@ class SandboxManager:
         Raises:
             SandboxLimitReached: MAX_SANDBOXES sandboxes exist already.
             SandboxCreateFailed: the engine could not create or start it.
+            ImageUnavailable: the image is not on the engine and could not be pulled.
             DockerUnavailable: the engine cannot be reached.
         """
         if self._full():
@@ -284,7 +292,7 @@ class SandboxManager:
             sandbox_id = _new_id()
             self._creating.add(sandbox_id)  # no await between the checks and this reservation
             try:
-                sandbox = await self._control(self._create_container, sandbox_id)
+                sandbox = await self._control(self._create_container, sandbox_id, progress)
             finally:
                 self._creating.discard(sandbox_id)
             break
@@ -669,11 +677,13 @@ class SandboxManager:
             )
         self._checked_client = client
 
-    def _create_container(self, sandbox_id: str) -> Sandbox:
+    def _create_container(self, sandbox_id: str, progress: Progress | None = None) -> Sandbox:
         import docker
 
         client = self.engine.client()
         self._check_isolation(client)
+        with self.engine.errors():
+            self.images.ensure(client, self.config.docker_image, progress)
         now = time.time()
         labels = self.owner.labels() | {
             ownership.SANDBOX_ID: sandbox_id,
@@ -684,11 +694,10 @@ class SandboxManager:
         with self.engine.errors():
             try:
                 container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
-            except docker.errors.ImageNotFound:
-                raise SandboxCreateFailed(
-                    f"Docker image {self.config.docker_image!r} is not on the engine: run "
-                    f"`docker pull {self.config.docker_image}`, or set DOCKER_IMAGE to an image "
-                    f"that is present."
+            except docker.errors.ImageNotFound:  # removed since ensure() saw it
+                raise ImageUnavailable(
+                    f"Docker image {self.config.docker_image!r} is not on the engine: "
+                    f"{fix_for_missing(self.config.docker_image)}."
                 ) from None
             except docker.errors.APIError as exc:
                 raise SandboxCreateFailed(

@@ -1,0 +1,109 @@
+"""The ``omcp_py`` command: the MCP server by default, and tools for the person setting it up.
+
+MCP clients start ``omcp_py`` with no arguments: that serves MCP on stdio, and
+nothing but the protocol is written to stdout. The other commands are for a terminal.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omcp_py import __version__
+
+DESCRIPTION = (
+    "MCP server that gives an AI assistant isolated Python sandboxes in Docker. "
+    "With no command it serves MCP over stdio: that is what an MCP client (Claude "
+    "Desktop, the MCP Inspector) runs. Settings come from the environment and .env "
+    "(see `sample.env`)."
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from omcp_py.images import RECOMMENDED_IMAGE
+
+    parser = argparse.ArgumentParser(prog="omcp_py", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"omcp_py {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser(
+        "serve", help="serve MCP over stdio (the default)", description="Serve MCP over stdio."
+    )
+    commands.add_parser(
+        "doctor",
+        help="check Python, the Docker engine, the image and a real sandbox; print the "
+        "Claude Desktop config",
+        description="Check, in order, everything the server needs, with a fix for each "
+        "failure, then print the Claude Desktop config to paste. Exit code 0 only when "
+        "every check passes.",
+    )
+    image = commands.add_parser(
+        "image", help="build the recommended sandbox image", description="Sandbox images."
+    )
+    image_commands = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    build = image_commands.add_parser(
+        "build",
+        help=f"build {RECOMMENDED_IMAGE} (numpy, pandas, matplotlib)",
+        description=f"Build {RECOMMENDED_IMAGE}: Python with numpy, pandas and matplotlib, "
+        f"a non-root user 1000 and a HOME that works on a read-only root. Then set "
+        f"DOCKER_IMAGE={RECOMMENDED_IMAGE}.",
+    )
+    build.add_argument("--tag", default=RECOMMENDED_IMAGE, help="image name (default: %(default)s)")
+    build.add_argument("--base-image", help="Python image to build on (default: python:3.11-slim)")
+    build.add_argument(
+        "--ca-cert",
+        type=Path,
+        help="CA certificate (PEM) pip trusts during the build, for TLS-intercepting proxies",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``omcp_py``, ``omcp-py``, ``python -m omcp_py``).
+
+    Args:
+        argv: the arguments (default: the command line).
+    """
+    args = _parser().parse_args(argv)
+    if args.command in (None, "serve"):
+        from omcp_py.main import run_stdio
+
+        run_stdio()
+    elif args.command == "doctor":
+        from omcp_py.doctor import run_doctor
+
+        raise SystemExit(_to_terminal(run_doctor))
+    elif args.command == "image":
+        raise SystemExit(_to_terminal(_build_image, args.tag, args.base_image, args.ca_cert))
+
+
+def _to_terminal(command: Callable[..., int], *args: object) -> int:
+    # `omcp_py doctor | head` closes the pipe early: end quietly, as other tools do.
+    try:
+        return command(*args)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _build_image(tag: str, base_image: str | None, ca_cert: Path | None) -> int:
+    from omcp_py.config import load_config
+    from omcp_py.engine import Engine
+    from omcp_py.errors import OmcpError
+    from omcp_py.images import build_sandbox_image
+
+    if ca_cert is not None and not ca_cert.is_file():
+        print(f"omcp_py: --ca-cert {ca_cert}: no such file", file=sys.stderr)
+        return 2
+    try:
+        config = load_config()
+        engine = Engine(config.sandbox_base_url, timeout=max(config.docker_timeout, 600))
+        with engine.errors():
+            build_sandbox_image(engine.client(), tag, base_image, ca_cert)
+    except OmcpError as exc:
+        print(f"omcp_py: {exc}", file=sys.stderr)
+        return 1
+    print(f"built {tag}: set DOCKER_IMAGE={tag} to use it")
+    return 0

@@ -1,0 +1,330 @@
+"""``omcp_py doctor``: check everything the server needs, in order, with a fix for each
+failure, then print the Claude Desktop config that starts this very installation.
+
+A new user's first run usually fails outside our code: the client cannot find the
+command (Claude Desktop's PATH is not the shell's), the engine's socket is elsewhere,
+the image is missing, a proxy breaks TLS. Each check says which, and what to do.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omcp_py import __version__
+from omcp_py.config import SandboxConfig, load_config
+from omcp_py.docker_host import DEFAULT_URL, candidates
+from omcp_py.errors import OmcpError
+
+CLAUDE_CONFIG_FILES = {
+    "macOS": "~/Library/Application Support/Claude/claude_desktop_config.json",
+    "Windows": r"%APPDATA%\Claude\claude_desktop_config.json",
+    "Linux": "~/.config/Claude/claude_desktop_config.json",
+}
+
+
+@dataclass
+class Check:
+    """The outcome of one check: passed (True), failed (False) or not run (None)."""
+
+    passed: bool | None
+    text: str
+    fix: str = ""
+
+
+class Doctor:
+    """Runs the checks one after another; a failed check skips those that need it."""
+
+    def __init__(self, out: Callable[[str], None] = print) -> None:
+        self.out = out
+        self.checks: list[Check] = []
+        self.config: SandboxConfig | None = None
+        self.client: Any = None
+        self.engine_url: str | None = None
+        self.engine_source: str | None = None
+        self.image_present = False
+
+    def report(self, check: Check) -> Check:
+        self.checks.append(check)
+        mark = {True: "ok  ", False: "FAIL", None: "skip"}[check.passed]
+        self.out(f"[{mark}] {check.text}")
+        if check.fix:
+            self.out(f"       fix: {check.fix}")
+        return check
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    # -- the checks, in order ----------------------------------------------------------
+
+    def python(self) -> Check:
+        versions = ", ".join(
+            f"{name} {_version(name)}" for name in ("omcp_py", "mcp", "docker", "pydantic")
+        )
+        # No check of the version itself: pip and uv refuse to install on Python < 3.10.
+        python = ".".join(map(str, sys.version_info[:3]))
+        return self.report(Check(True, f"Python {python} ({sys.executable}); {versions}"))
+
+    def settings(self) -> Check:
+        try:
+            self.config = load_config()
+        except OmcpError as exc:
+            return self.report(
+                Check(
+                    False,
+                    f"settings (environment and {Path.cwd() / '.env'}): {exc}",
+                    "correct the setting named above; sample.env describes every setting",
+                )
+            )
+        changed = sorted(_changed_settings(self.config))
+        detail = f"{len(changed)} changed: {', '.join(changed)}" if changed else "all defaults"
+        return self.report(Check(True, f"settings valid ({detail})"))
+
+    def engine(self) -> Check:
+        if self.config is None:
+            return self.report(Check(None, "Docker engine (needs valid settings)"))
+        from omcp_py.engine import Engine
+
+        engine = Engine(self.config.sandbox_base_url, timeout=min(self.config.docker_timeout, 15))
+        tried = candidates(self.config.sandbox_base_url)
+        try:
+            self.client = engine.client()
+            with engine.errors():
+                version = self.client.version()
+        except OmcpError as exc:
+            reason = getattr(exc, "reason", "") or str(exc)
+            return self.report(
+                Check(
+                    False,
+                    f"Docker engine at {engine.url} ({engine.where.source}): {reason}",
+                    _engine_fix(tried, reason),
+                )
+            )
+        self.engine_url, self.engine_source = engine.url, engine.where.source
+        return self.report(
+            Check(
+                True,
+                f"Docker engine {version.get('Version', '?')} (API {version.get('ApiVersion')}, "
+                f"{version.get('Os')}/{version.get('Arch')}) answers at {engine.url} "
+                f"({engine.where.source})",
+            )
+        )
+
+    def isolation(self) -> Check:
+        if self.client is None or self.config is None:
+            return self.report(Check(None, "limits and runtime (needs the engine)"))
+        from omcp_py.hardening import missing_limits, runtime_problem
+
+        info = self.client.info()
+        missing = missing_limits(info)
+        if missing:
+            return self.report(
+                Check(
+                    False,
+                    f"the engine cannot enforce the {', '.join(missing)}",
+                    "enable the cgroup controllers (see the warnings of `docker info`); "
+                    "omcp_py runs no sandbox without its limits",
+                )
+            )
+        problem = runtime_problem(info, self.config.sandbox_runtime)
+        if problem:
+            return self.report(
+                Check(False, f"SANDBOX_RUNTIME={self.config.sandbox_runtime}", problem)
+            )
+        runtime = self.config.sandbox_runtime or f"the default, {info.get('DefaultRuntime')}"
+        return self.report(
+            Check(
+                True,
+                f"the engine enforces memory, CPU and process limits (cgroup "
+                f"v{info.get('CgroupVersion', '?')}); runtime: {runtime}",
+            )
+        )
+
+    def image(self) -> Check:
+        if self.client is None or self.config is None:
+            return self.report(Check(None, "sandbox image (needs the engine)"))
+        import docker
+
+        from omcp_py.images import fix_for_missing
+
+        image = self.config.docker_image
+        try:
+            found = self.client.api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            return self.report(
+                Check(
+                    False,
+                    f"DOCKER_IMAGE {image} is not on the engine (the server would pull it at "
+                    f"the first create_sandbox)",
+                    fix_for_missing(image),
+                )
+            )
+        self.image_present = True
+        size = found.get("Size", 0) / 1e6
+        return self.report(Check(True, f"DOCKER_IMAGE {image} is present ({size:.0f} MB)"))
+
+    def sandbox(self) -> Check:
+        if self.config is None or self.client is None or not self.image_present:
+            return self.report(Check(None, "a real sandbox (needs the engine and the image)"))
+        import anyio
+
+        started = time.monotonic()
+        try:
+            output = anyio.run(_print_one, self.config)
+        except OmcpError as exc:
+            return self.report(Check(False, f"a hardened sandbox: {exc}", _sandbox_fix(str(exc))))
+        took = time.monotonic() - started
+        if output != "1\n":
+            return self.report(
+                Check(
+                    False,
+                    f"a hardened sandbox ran print(1) but printed {output!r}",
+                    "DOCKER_IMAGE must have python3 on PATH; try python:3.11-slim",
+                )
+            )
+        return self.report(
+            Check(
+                True,
+                f"a hardened sandbox started, ran print(1) and was removed in {took:.1f} s",
+            )
+        )
+
+    def claude_config(self) -> None:
+        command, args = launch_command()
+        entry: dict[str, Any] = {"command": command, "args": args}
+        env = self.client_env()
+        if env:
+            entry["env"] = env
+        self.out("")
+        self.out("Claude Desktop: add this to claude_desktop_config.json")
+        for system, path in CLAUDE_CONFIG_FILES.items():
+            self.out(f"  ({system}: {path})")
+        self.out("then quit and reopen Claude Desktop:")
+        self.out(json.dumps({"mcpServers": {"omcp_py": entry}}, indent=2))
+
+    def client_env(self) -> dict[str, str]:
+        """What the client must pass: it starts the server with a bare environment in
+        another directory, so neither the shell's variables nor ``./.env`` reach it."""
+        env: dict[str, str] = {}
+        found_elsewhere = self.engine_url and self.engine_url != DEFAULT_URL
+        if found_elsewhere and self.engine_source != "SANDBOX_BASE_URL":
+            env["DOCKER_HOST"] = str(self.engine_url)
+        for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+            if os.environ.get(name) and "DOCKER_HOST" in env:
+                env[name] = os.environ[name]
+        if self.config is not None:
+            env.update(_changed_settings(self.config))
+        return env
+
+
+def run_doctor(out: Callable[[str], None] = print) -> int:
+    """Run every check, print the Claude Desktop config; 0 only when all checks pass."""
+    doctor = Doctor(out)
+    out(f"omcp_py {__version__} doctor")
+    doctor.python()
+    doctor.settings()
+    doctor.engine()
+    doctor.isolation()
+    doctor.image()
+    doctor.sandbox()
+    doctor.claude_config()
+    if doctor.passed:
+        out("\nAll checks passed.")
+        return 0
+    failed = sum(check.passed is False for check in doctor.checks)
+    out(f"\n{failed} check(s) failed: fix them in order, then run `omcp_py doctor` again.")
+    return 1
+
+
+async def _print_one(config: SandboxConfig) -> str:
+    from omcp_py.sandbox_manager import SandboxManager
+
+    manager = SandboxManager(config.model_copy(update={"sandbox_pool_size": 0}))
+    async with manager.running():
+        created = await manager.create(60)
+        try:
+            result = await manager.execute(created.sandbox_id, "print(1)", 30)
+        finally:
+            await manager.remove(created.sandbox_id, force=True)
+    return result.output
+
+
+def launch_command() -> tuple[str, list[str]]:
+    """The command, with absolute paths, that starts this installation's server.
+
+    Returns:
+        (command, args): uvx when this runs from uvx's cache, else the console script,
+        else this Python with ``-m omcp_py``.
+    """
+    prefix = Path(sys.prefix)
+    if "archive-v" in prefix.as_posix():  # uvx's throwaway environments live there
+        uv = os.environ.get("UV")
+        uvx = shutil.which("uvx") or (
+            str(Path(uv).with_name("uvx" + Path(uv).suffix)) if uv else None
+        )
+        if uvx:
+            return str(Path(uvx).absolute()), ["omcp_py"]
+    script = Path(sys.argv[0])
+    if script.stem in ("omcp_py", "omcp-py") and script.exists():
+        return str(script.absolute()), []
+    return str(Path(sys.executable).absolute()), ["-m", "omcp_py"]
+
+
+def _changed_settings(config: SandboxConfig) -> dict[str, str]:
+    """The settings the environment or ``.env`` gave, spelt as the environment spells them."""
+    from omcp_py.config import format_size, parse_size
+
+    changed = {}
+    for name in sorted(config.model_fields_set):
+        value = getattr(config, name)
+        default = SandboxConfig.model_fields[name].default
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, int) and isinstance(default, str):  # a size: 512m, not bytes
+            text = format_size(value)
+            if value == parse_size(default):
+                continue
+        else:
+            text = str(value)
+        if value != default:
+            changed[name.upper()] = text
+    return changed
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _engine_fix(tried: list[Any], error: str) -> str:
+    if "permission denied" in error:
+        return (
+            "add your user to the engine socket's group (`sudo usermod -aG docker $USER`, "
+            "then log in again), or use rootless Docker"
+        )
+    if tried[0].source in ("DOCKER_HOST", "SANDBOX_BASE_URL"):
+        return (
+            f"{tried[0].source}={tried[0].url} does not answer: start the engine it names, "
+            f"correct it, or unset it so that omcp_py looks for a local engine"
+        )
+    places = ", ".join(c.url.removeprefix("unix://") for c in tried)
+    return (
+        f"start the engine (Docker Desktop; `colima start`; OrbStack; `sudo systemctl start "
+        f"docker`; rootless: `systemctl --user start docker`; `podman machine start`), or set "
+        f"DOCKER_HOST to its socket. Looked at: {places}"
+    )
+
+
+def _sandbox_fix(error: str) -> str:
+    if "python3" in error:
+        return "DOCKER_IMAGE must have python3 on PATH; try python:3.11-slim"
+    return "read the message above; `docker info` shows the engine's own warnings"
