@@ -297,3 +297,53 @@ def security_record(request: pytest.FixtureRequest) -> Iterator[None]:
     }
     with open(path, "a") as f:
         f.write(json.dumps(entry) + "\n")
+
+
+# -- shipping: the repository as a user gets it ---------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ca_bundle() -> Path | None:
+    """The CA bundle builds must trust here (a TLS-intercepting proxy), if any: the
+    one this test run trusts, as a user behind such a proxy would pass it."""
+    for candidate in (os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def needs(program: str, how: str) -> str:
+    """The path of a program a test drives; the CI script installs each of them."""
+    import shutil
+
+    found = shutil.which(program) or (
+        str(Path(sys.executable).parent / program)
+        if (Path(sys.executable).parent / program).exists()
+        else None
+    )
+    if found is None:
+        pytest.fail(f"{program} is needed for this test: {how}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's files as a clone has them (tracked, or new and not ignored),
+    in a directory of their own: builds and installs there touch nothing of ours."""
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    target = tmp_path_factory.mktemp("checkout")
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target

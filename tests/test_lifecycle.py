@@ -75,6 +75,7 @@ async def test_missing_image_is_a_clear_error(tmp_path) -> None:
     async with start_server({"DOCKER_IMAGE": "omcp-test/does-not-exist:1"}, cwd=tmp_path) as srv:
         message = await srv.error("create_sandbox")
         assert "omcp-test/does-not-exist:1" in message and "docker pull" in message
+        assert "pulling it failed" in message and "omcp_py image build" in message
         assert (await srv.call("list_sandboxes"))["count"] == 0
 
 

@@ -18,7 +18,8 @@ BIN = Path(sys.executable).parent
 
 def test_import_has_no_side_effects() -> None:
     code = (
-        "import sys, omcp_py, omcp_py.main, omcp_py.sandbox_manager\n"
+        "import sys, omcp_py, omcp_py.main, omcp_py.sandbox_manager, omcp_py.cli\n"
+        "import omcp_py.doctor, omcp_py.images, omcp_py.docker_host\n"
         "assert 'docker' not in sys.modules, 'docker imported at import time'\n"
         "import logging; assert not logging.getLogger().handlers\n"
     )

