@@ -87,13 +87,6 @@ def test_invalid_setting_stops_the_server_with_one_line(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1 and "SANDBOX_TIMEOUT='soon'" in proc.stderr
 
 
-def test_readme_table_matches_the_model() -> None:
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("<!-- settings:start -->")[1].split("<!-- settings:end -->")[0]
-    rows = re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \| (.*) \|$", table, re.MULTILINE)
-    assert rows == [(n, d, t) for n, d, t in documented_settings()]
-
-
 def test_sample_env_matches_the_model() -> None:
     lines = (ROOT / "sample.env").read_text().splitlines()
     found = {}
