@@ -122,7 +122,10 @@ class Doctor:
             return self.report(Check(None, "limits and runtime (needs the engine)"))
         from omcp_py.hardening import missing_limits, runtime_problem
 
-        info = self.client.info()
+        try:
+            info = self.client.info()
+        except Exception as exc:  # the engine went away since it answered
+            return self.report(Check(False, f"docker info failed: {exc}", "check the engine"))
         missing = missing_limits(info)
         if missing:
             return self.report(
@@ -157,7 +160,15 @@ class Doctor:
         image = self.config.docker_image
         try:
             found = self.client.api.inspect_image(image)
-        except docker.errors.ImageNotFound:
+        except docker.errors.APIError as exc:
+            if not isinstance(exc, docker.errors.ImageNotFound):
+                return self.report(
+                    Check(
+                        False,
+                        f"DOCKER_IMAGE {image}: {exc.explanation or exc}",
+                        "set DOCKER_IMAGE to an image reference such as python:3.11-slim",
+                    )
+                )
             return self.report(
                 Check(
                     False,
