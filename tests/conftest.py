@@ -347,3 +347,42 @@ def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     return target
+
+
+# The six tools every server offers.
+TOOLS = {
+    "create_sandbox",
+    "list_sandboxes",
+    "remove_sandbox",
+    "execute_python_code",
+    "install_package",
+    "reset_sandbox_state",
+}
+
+
+async def serve_and_use(params: StdioServerParameters) -> set[str]:
+    """Start a server however a user would (the params), as an MCP client does: it must
+    answer initialize and tools/list within 10 s, then run print(1) in a new sandbox.
+
+    Returns:
+        The names of the tools it listed.
+    """
+    async with (
+        stdio_client(params) as (read, write),
+        ClientSession(read, write, read_timeout_seconds=120) as session,
+    ):
+        with anyio.fail_after(10):
+            await session.initialize()
+            tools = {t.name for t in (await session.list_tools()).tools}
+        created = await session.call_tool("create_sandbox", {})
+        assert not created.is_error, created.content
+        sandbox_id = created.structured_content["sandbox_id"]
+        ran = await session.call_tool(
+            "execute_python_code", {"sandbox_id": sandbox_id, "code": "print(1)"}
+        )
+        assert ran.structured_content["output"] == "1\n", ran
+        removed = await session.call_tool(
+            "remove_sandbox", {"sandbox_id": sandbox_id, "force": True}
+        )
+        assert not removed.is_error, removed.content
+    return tools

@@ -13,9 +13,8 @@ from pathlib import Path
 import anyio
 import docker
 import pytest
-from conftest import ROOT, needs, start_server
-from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from conftest import ROOT, TOOLS, needs, serve_and_use, start_server
+from mcp.client.stdio import StdioServerParameters
 
 from omcp_py.docker_host import DEFAULT_URL, candidates, current_context
 
@@ -57,30 +56,6 @@ def _bare_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-async def _launch_like_claude_desktop(entry: dict) -> list[str]:
-    params = StdioServerParameters(
-        command=entry["command"],
-        args=entry["args"],
-        env=_bare_env(entry.get("env", {})),
-        cwd="/",
-    )
-    async with (
-        stdio_client(params) as (read, write),
-        ClientSession(read, write, read_timeout_seconds=120) as session,
-    ):
-        with anyio.fail_after(10):
-            await session.initialize()
-            tools = [t.name for t in (await session.list_tools()).tools]
-        created = await session.call_tool("create_sandbox", {})
-        assert not created.is_error, created.content
-        sandbox_id = created.structured_content["sandbox_id"]
-        ran = await session.call_tool(
-            "execute_python_code", {"sandbox_id": sandbox_id, "code": "print(1)"}
-        )
-        assert ran.structured_content["output"] == "1\n", ran
-    return tools
-
-
 async def test_doctor_passes_and_its_config_starts_the_server(docker_client) -> None:
     proc = doctor(cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -90,8 +65,13 @@ async def test_doctor_passes_and_its_config_starts_the_server(docker_client) -> 
     entry = claude_config(proc.stdout)
     assert Path(entry["command"]).is_absolute() and Path(entry["command"]).exists()
     # Exactly what a user pastes, started as Claude Desktop starts it.
-    tools = await _launch_like_claude_desktop(entry)
-    assert "create_sandbox" in tools and len(tools) == 6
+    params = StdioServerParameters(
+        command=entry["command"],
+        args=entry["args"],
+        env=_bare_env(entry.get("env", {})),
+        cwd="/",
+    )
+    assert await serve_and_use(params) == TOOLS
 
 
 @pytest.mark.parametrize(

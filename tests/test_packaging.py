@@ -10,9 +10,8 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import ROOT, ca_bundle, needs, start_server
-from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from conftest import ROOT, TOOLS, ca_bundle, needs, serve_and_use, start_server
+from mcp.client.stdio import StdioServerParameters
 
 from omcp_py.config import documented_settings
 
@@ -27,29 +26,6 @@ SOCKET = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removepref
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     kwargs.setdefault("timeout", 600)
     return subprocess.run(args, capture_output=True, text=True, **kwargs)
-
-
-async def _serve_and_use(command: str, args: list[str], env: dict[str, str] | None = None) -> None:
-    """Start a server with this command over stdio: list its tools, run print(1)."""
-    params = StdioServerParameters(command=command, args=args, env=env)
-    async with (
-        stdio_client(params) as (read, write),
-        ClientSession(read, write, read_timeout_seconds=120) as session,
-    ):
-        await session.initialize()
-        tools = {t.name for t in (await session.list_tools()).tools}
-        assert {"create_sandbox", "execute_python_code", "install_package"} <= tools
-        created = await session.call_tool("create_sandbox", {})
-        assert not created.is_error, created.content
-        sandbox_id = created.structured_content["sandbox_id"]
-        ran = await session.call_tool(
-            "execute_python_code", {"sandbox_id": sandbox_id, "code": "print(1)"}
-        )
-        assert ran.structured_content["output"] == "1\n", ran
-        removed = await session.call_tool(
-            "remove_sandbox", {"sandbox_id": sandbox_id, "force": True}
-        )
-        assert not removed.is_error
 
 
 # -- the server image (Dockerfile) ------------------------------------------------------
@@ -94,9 +70,9 @@ async def test_server_image_serves_mcp_on_stdio(server_image: str, docker_client
     assert version.stdout.startswith("omcp_py "), version.stderr
     # As the Dockerfile's header says: -i, the socket and its group; and no network,
     # a read-only root and no capabilities, which it does not need.
-    await _serve_and_use(
-        "docker",
-        [
+    params = StdioServerParameters(
+        command="docker",
+        args=[
             "run",
             "-i",
             "--rm",
@@ -116,6 +92,7 @@ async def test_server_image_serves_mcp_on_stdio(server_image: str, docker_client
             server_image,
         ],
     )
+    assert await serve_and_use(params) == TOOLS
 
 
 # -- docker-compose.yml ----------------------------------------------------------------
@@ -163,7 +140,8 @@ async def test_compose_service_serves_mcp(repo_copy: Path, server_image: str) ->
         "-T",
         "omcp_py",
     ]
-    await _serve_and_use(compose[0], args, env)
+    params = StdioServerParameters(command=compose[0], args=args, env=env)
+    assert await serve_and_use(params) == TOOLS
 
 
 # -- the recommended sandbox image -----------------------------------------------------
@@ -277,12 +255,4 @@ def test_wheel_serves_through_the_inspector(tmp_path: Path, docker_client) -> No
     assert listed.returncode == 0, listed.stderr
     import json
 
-    tools = {t["name"] for t in json.loads(listed.stdout)["tools"]}
-    assert {
-        "create_sandbox",
-        "list_sandboxes",
-        "remove_sandbox",
-        "execute_python_code",
-        "install_package",
-        "reset_sandbox_state",
-    } == tools
+    assert {t["name"] for t in json.loads(listed.stdout)["tools"]} == TOOLS

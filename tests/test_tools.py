@@ -3,18 +3,9 @@
 from datetime import datetime
 
 import pytest
-from conftest import Server, ToolFailed, start_server
+from conftest import TOOLS, Server, ToolFailed, start_server
 
 pytestmark = pytest.mark.anyio
-
-TOOLS = {
-    "create_sandbox",
-    "list_sandboxes",
-    "remove_sandbox",
-    "execute_python_code",
-    "install_package",
-    "reset_sandbox_state",
-}
 
 
 async def test_tools_list_describes_every_tool(server: Server) -> None:
