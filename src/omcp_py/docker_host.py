@@ -140,4 +140,4 @@ def locate(
     for candidate in found:
         if candidate.present():
             return candidate
-    return next(c for c in found if c.url == DEFAULT_URL) if len(found) > 1 else found[0]
+    return next((c for c in found if c.url == DEFAULT_URL), found[0])

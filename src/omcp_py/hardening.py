@@ -28,7 +28,8 @@ CA_BUNDLE = "/etc/omcp/ca-bundle.crt"
 _INSTALL_TARGET = "/opt/omcp/target"
 
 
-def _python(program: str, *args: str) -> list[str]:
+def python_command(program: str, *args: str) -> list[str]:
+    """The command that runs one of our programs with the image's python3."""
     # Whatever python3 the image has, isolated from its environment and working
     # directory (-I): our programs come on the command line, the image needs nothing.
     return ["python3", "-I", "-c", program, *args]
@@ -102,7 +103,7 @@ def sandbox_run_kwargs(
         # cannot be killed by the sandbox's code (another user, and the namespace's
         # init), so its kill(-1) after a run never stops the sandbox. The host reaches
         # it on the container's stdin/stdout (attach).
-        "command": _python(
+        "command": python_command(
             source("sandbox_runner.py"),
             SANDBOX_USER,
             WORKDIR,
@@ -163,7 +164,7 @@ def volume_owner_kwargs(
 
     return {
         "image": config.docker_image,
-        "command": _python(
+        "command": python_command(
             f"import os; os.chmod({_INSTALL_TARGET!r}, 0o755); "
             f"os.chown({_INSTALL_TARGET!r}, 1000, 1000)"
         ),
@@ -222,7 +223,7 @@ def installer_run_kwargs(
         network = {"network_disabled": True, **_runtime(config)}
     return {
         "image": config.docker_image,
-        "command": _python(source("sandbox_install.py"), _INSTALL_TARGET, *pip_args),
+        "command": python_command(source("sandbox_install.py"), _INSTALL_TARGET, *pip_args),
         "labels": labels,
         "hostname": "installer",
         "user": SANDBOX_USER,

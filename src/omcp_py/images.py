@@ -102,6 +102,14 @@ class ImagePuller:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pulls: dict[str, _Pull] = {}
+        # Images known to be on the engine of ``_seen_by``: every sandbox creation asks,
+        # and the answer only changes if someone removes the image (see forget).
+        self._present: set[str] = set()
+        self._seen_by: Any = None
+
+    def forget(self, image: str) -> None:
+        """The engine said ``image`` is missing after all: look (and pull) again."""
+        self._present.discard(image)
 
     def ensure(self, client: Any, image: str, progress: Progress | None = None) -> bool:
         """Return once ``image`` is on the engine, pulling it first if needed (blocking).
@@ -119,8 +127,13 @@ class ImagePuller:
         """
         import docker
 
+        if self._seen_by is not client:  # a new connection may be another engine
+            self._present, self._seen_by = set(), client
+        if image in self._present:
+            return False
         try:
             client.api.inspect_image(image)
+            self._present.add(image)
             return False
         except docker.errors.ImageNotFound:
             pass
@@ -154,6 +167,7 @@ class ImagePuller:
                 f"Docker image {image!r} is not on the engine and pulling it failed: "
                 f"{pull.error}. To fix: {fix_for_missing(image)}."
             )
+        self._present.add(image)
         tell(f"pulled Docker image {image} in {time.monotonic() - pull.started:.1f} s")
         return True
 

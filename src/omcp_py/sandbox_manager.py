@@ -693,12 +693,13 @@ class SandboxManager:
         kwargs = sandbox_run_kwargs(self.config, labels, packages_volume(sandbox_id))
         with self.engine.errors():
             try:
-                container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
-            except docker.errors.ImageNotFound:  # removed since ensure() saw it
-                raise ImageUnavailable(
-                    f"Docker image {self.config.docker_image!r} is not on the engine: "
-                    f"{fix_for_missing(self.config.docker_image)}."
-                ) from None
+                try:
+                    container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
+                except docker.errors.ImageNotFound:
+                    # Removed from the engine since it was last seen there: fetch it again.
+                    self.images.forget(self.config.docker_image)
+                    self.images.ensure(client, self.config.docker_image, progress)
+                    container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
             except docker.errors.APIError as exc:
                 raise SandboxCreateFailed(
                     f"The engine refused to create the sandbox: {exc.explanation or exc}"
@@ -880,9 +881,10 @@ class SandboxManager:
                     wanted=lambda: self._sandboxes.get(sandbox.id) is sandbox,
                 )
             except docker.errors.ImageNotFound:
-                raise EngineError(
-                    f"Docker image {self.config.docker_image!r} is gone from the engine: run "
-                    f"`docker pull {self.config.docker_image}`."
+                self.images.forget(self.config.docker_image)
+                raise ImageUnavailable(
+                    f"Docker image {self.config.docker_image!r} is gone from the engine, and the "
+                    f"installer runs from it: {fix_for_missing(self.config.docker_image)}."
                 ) from None
             except docker.errors.APIError as exc:
                 explanation = str(exc.explanation or exc)

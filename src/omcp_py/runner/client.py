@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from omcp_py.hardening import SANDBOX_USER
+from omcp_py.hardening import SANDBOX_USER, python_command
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,8 @@ class RunnerConnection:
             timeout: seconds before every process of the run is killed.
             limit: bytes kept per output stream.
             stateful: run in the sandbox's long-lived interpreter.
-            guard: kill the run when less memory than this is left (0: never; the
-                kernel's out-of-memory killer is enough).
+            guard: kill the run when the sandbox uses more memory than this, in bytes
+                (0: never; the kernel's out-of-memory killer is enough).
 
         Returns:
             The outcome; user code that fails is a normal outcome.
@@ -307,6 +307,6 @@ def kill_all(api: Any, container_id: str) -> None:
     """
     # As the sandbox user: its kill(-1) reaches every process of the code and cannot
     # reach PID 1, which runs as root.
-    command = ["python3", "-I", "-c", KILL_ALL_SOURCE]
+    command = python_command(KILL_ALL_SOURCE)
     exec_id = api.exec_create(container_id, command, user=SANDBOX_USER)["Id"]
     api.exec_start(exec_id)
