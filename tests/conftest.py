@@ -20,6 +20,9 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 IMAGE = "python:3.11-slim"
 MARKER_VAR = "OMCP_TEST_MARKER"
+# The socket of the engine the test run uses (DOCKER_HOST, or the default), for the
+# tests that put something between a server and it, or mount it.
+ENGINE_SOCKET = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
 
 
 class ToolFailed(Exception):

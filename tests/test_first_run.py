@@ -13,10 +13,10 @@ from pathlib import Path
 import anyio
 import docker
 import pytest
-from conftest import ROOT, TOOLS, needs, serve_and_use, start_server
+from conftest import ENGINE_SOCKET, ROOT, TOOLS, needs, serve_and_use, start_server
 from mcp.client.stdio import StdioServerParameters
 
-from omcp_py.docker_host import DEFAULT_URL, candidates, current_context
+from omcp_py.docker_host import candidates, current_context
 
 pytestmark = pytest.mark.anyio
 
@@ -27,13 +27,9 @@ BARE_PATH = "/usr/bin:/bin"
 
 
 def doctor(env: dict[str, str] | None = None, cwd: Path | None = None):
-    full = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
-    if "DOCKER_HOST" in os.environ:
-        full["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
-    full.update(env or {})
     proc = subprocess.run(
         [str(BIN / "omcp_py"), "doctor"],
-        env=full,
+        env={**os.environ, **(env or {})},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -115,10 +111,9 @@ def test_doctor_reports_invalid_settings() -> None:
 def _colima_home(tmp_path: Path) -> tuple[Path, str]:
     """A HOME whose current docker context is Colima's, its socket leading to the real
     engine (as `colima start` leaves a Mac: no /var/run/docker.sock, no DOCKER_HOST)."""
-    engine = os.environ.get("DOCKER_HOST", DEFAULT_URL).removeprefix("unix://")
     sock = tmp_path / ".colima/default/docker.sock"
     sock.parent.mkdir(parents=True)
-    sock.symlink_to(engine)
+    sock.symlink_to(ENGINE_SOCKET)
     url = f"unix://{sock}"
     import hashlib
 
@@ -248,6 +243,15 @@ async def test_first_create_pulls_the_image_with_progress(
         assert not result.is_error, result.content
         sandbox = result.structured_content["sandbox_id"]
         assert (await srv.run(sandbox, "print(3)"))["output"] == "3\n"
+        first_pull = list(progress)
+        # Someone removes the image while the server runs: the server, which knew it
+        # was there, finds it missing at the next create and fetches it again.
+        docker_client.images.remove(registry_image, force=True)
+        progress.clear()
+        again = await srv.session.call_tool("create_sandbox", {}, progress_callback=heard)
+        assert not again.is_error, again.content
+        assert progress and progress[-1][2].startswith(f"pulled Docker image {registry_image}")
+        progress[:] = first_pull
     assert docker_client.images.get(registry_image)
     assert len(progress) >= 2, progress
     values = [done for done, _, _ in progress]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    ENGINE_SOCKET,
     container_exists,
     container_of,
     eventually,
@@ -83,7 +84,7 @@ async def test_missing_image_is_a_clear_error(tmp_path) -> None:
 def _engine_without_pids_limit(path: Path):
     """The real engine, except that its `docker info` says it cannot limit processes
     (as an engine without the pids cgroup controller does)."""
-    target = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+    target = ENGINE_SOCKET
 
     class Upstream(http.client.HTTPConnection):
         def connect(self) -> None:

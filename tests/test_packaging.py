@@ -10,7 +10,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import ROOT, TOOLS, ca_bundle, needs, serve_and_use, start_server
+from conftest import ENGINE_SOCKET, ROOT, TOOLS, ca_bundle, needs, serve_and_use, start_server
 from mcp.client.stdio import StdioServerParameters
 
 from omcp_py.config import documented_settings
@@ -20,7 +20,6 @@ pytestmark = pytest.mark.anyio
 BIN = Path(sys.executable).parent
 SERVER_IMAGE = "omcp_py:test"
 SANDBOX_IMAGE = "omcp-py-sandbox:test"
-SOCKET = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -46,7 +45,7 @@ def server_image(repo_copy: Path, docker_client: docker.DockerClient) -> str:
 
 
 def _socket_gid() -> str:
-    return str(os.stat(SOCKET).st_gid)
+    return str(os.stat(ENGINE_SOCKET).st_gid)
 
 
 async def test_server_image_serves_mcp_on_stdio(server_image: str, docker_client) -> None:
@@ -84,7 +83,7 @@ async def test_server_image_serves_mcp_on_stdio(server_image: str, docker_client
             "--security-opt",
             "no-new-privileges",
             "-v",
-            f"{SOCKET}:/var/run/docker.sock",
+            f"{ENGINE_SOCKET}:/var/run/docker.sock",
             "--group-add",
             _socket_gid(),
             "-e",

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import (
+    ENGINE_SOCKET,
     Server,
     container_exists,
     container_of,
@@ -139,7 +140,7 @@ async def test_200_concurrent_executions_over_10_sandboxes_on_one_connection(
 @asynccontextmanager
 async def _engine_proxy(path: Path):
     """A byte-level proxy to the real engine on a socket we can take away."""
-    target = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+    target = ENGINE_SOCKET
 
     async def handle(client) -> None:
         async with client:
