@@ -11,10 +11,13 @@ import json
 import logging
 import socket
 import struct
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from omcp_py.cancel import Stop
 from omcp_py.hardening import SANDBOX_USER, python_command
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,14 @@ class RawExecution:
     truncated: bool
     supervisor_lost: bool
     state: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
+    # {"mime", "width", "height", "data" (base64)} of each figure, in order
+    images: list[dict[str, Any]] = field(default_factory=list)
+    images_left_out: int = 0
+
+
+# Called with (seconds elapsed, bytes of stdout so far, bytes of stderr so far).
+ExecutionProgress = Callable[[float, int, int], None]
 
 
 class RunnerGone(Exception):
@@ -102,6 +113,8 @@ class RunnerConnection:
         self._sock: socket.socket | None = None
         self._docker = bytearray()
         self._frames = bytearray()
+        # Reentrant: a cancel may be sent from inside the send of the request itself.
+        self._send_lock = threading.RLock()
 
     def connect(self) -> None:
         """Attach to the container's stdin and stdout (blocking; idempotent).
@@ -127,7 +140,15 @@ class RunnerConnection:
         self._handle = None
 
     def execute(
-        self, code: bytes, timeout: float, limit: int, stateful: bool, guard: int = 0
+        self,
+        code: bytes,
+        timeout: float,
+        limit: int,
+        stateful: bool,
+        guard: int = 0,
+        images: int = 0,
+        progress: ExecutionProgress | None = None,
+        stop: Stop | None = None,
     ) -> RawExecution:
         """Run code once and collect its result.
 
@@ -138,6 +159,11 @@ class RunnerConnection:
             stateful: run in the sandbox's long-lived interpreter.
             guard: kill the run when the sandbox uses more memory than this, in bytes
                 (0: never; the kernel's out-of-memory killer is enough).
+            images: bytes (before base64) the figures of the run may take together
+                (0: none come back).
+            progress: called every couple of seconds while the code runs.
+            stop: when it is stopped, the runner ends the run at once (the result then
+                says ``cancelled``).
 
         Returns:
             The outcome; user code that fails is a normal outcome.
@@ -150,15 +176,29 @@ class RunnerConnection:
         self.connect()
         rid = next(self._ids)
         header = json.dumps(
-            {"timeout": timeout, "limit": limit, "stateful": stateful, "guard": guard}
+            {
+                "timeout": timeout,
+                "limit": limit,
+                "stateful": stateful,
+                "guard": guard,
+                "images": images,
+            }
         )
-        collected = _Collected(limit)
+        collected = _Collected(limit, progress)
+
+        def cancellable() -> None:
+            # Registered once the request is out, so the cancel always follows it.
+            if stop is not None:
+                stop.on_stop(lambda: self._send_quietly(b"c", rid))
+
         reply = self._request(
             b"x",
             rid,
             header.encode() + b"\n" + code,
             started + timeout + HOST_GRACE_SECONDS,
             collected,
+            max_frame=2 * limit + images * 2 + 1024 * 1024,
+            sent=cancellable,
         )
         if reply is None:
             # The runner did not answer in time: end everything from outside (PID 1
@@ -187,7 +227,49 @@ class RunnerConnection:
             truncated=bool(collected.stdout.dropped or collected.stderr.dropped),
             supervisor_lost=False,
             state=dict(reply.get("state") or {}),
+            cancelled=bool(reply.get("cancelled")),
+            images=list(reply.get("images") or []),
+            images_left_out=int(reply.get("images_left_out") or 0),
         )
+
+    def _send_quietly(self, kind: bytes, rid: int) -> None:
+        # From another thread: a failure here shows in the request's own thread.
+        with self._send_lock:
+            sock = self._sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.sendall(_FRAME_HEADER.pack(kind, rid, 0))
+
+    def file_op(
+        self, request: dict[str, Any], content: bytes = b"", timeout: float = 60.0
+    ) -> tuple[dict[str, Any], bytes]:
+        """Put, get or list files in the sandbox, as its code's user.
+
+        Args:
+            request: {"op": "put" | "get" | "list", "path": ..., "max": bytes}.
+            content: what to put.
+            timeout: seconds to wait for the answer.
+
+        Returns:
+            The runner's answer ({"error", "message"} when refused) and the content got.
+
+        Raises:
+            RunnerGone: no answer (the container stopped?).
+        """
+        self.connect()
+        blob = _Blob()
+        payload = json.dumps(request).encode() + b"\n" + content
+        reply = self._request(
+            b"f",
+            next(self._ids),
+            payload,
+            time.monotonic() + timeout,
+            blob,
+            max_frame=int(request.get("max") or 0) + 1024 * 1024,
+        )
+        if reply is None:
+            raise RunnerGone("the sandbox did not answer the file request in time")
+        return reply, bytes(blob.data)
 
     def reset(self, timeout: float = 10.0) -> bool:
         """End the stateful interpreter, if any.
@@ -199,7 +281,9 @@ class RunnerConnection:
             RunnerGone: no answer (the container stopped?).
         """
         self.connect()
-        reply = self._request(b"z", next(self._ids), b"", time.monotonic() + timeout, None)
+        reply = self._request(
+            b"z", next(self._ids), b"", time.monotonic() + timeout, None, max_frame=1024 * 1024
+        )
         if reply is None:
             raise RunnerGone("the runner did not answer the reset")
         return bool(reply.get("had_state"))
@@ -210,15 +294,19 @@ class RunnerConnection:
         rid: int,
         payload: bytes,
         deadline: float,
-        collected: "_Collected | None",
+        collected: "_Collected | _Blob | None",
+        max_frame: int,
+        sent: Callable[[], None] | None = None,
     ) -> dict[str, Any] | None:
         """Send one request and read until its result; None at the deadline."""
         sock = self._sock
         assert sock is not None
-        max_frame = (collected.limit if collected else 0) + 1024 * 1024
         try:
-            sock.settimeout(10.0)
-            sock.sendall(_FRAME_HEADER.pack(kind, rid, len(payload)) + payload)
+            sock.settimeout(max(10.0, len(payload) / (1024 * 1024)))
+            with self._send_lock:
+                sock.sendall(_FRAME_HEADER.pack(kind, rid, len(payload)) + payload)
+                if sent is not None:
+                    sent()
             while True:
                 result = self._parse(rid, collected, max_frame)
                 if result is not None:
@@ -242,7 +330,7 @@ class RunnerConnection:
             raise
 
     def _parse(
-        self, rid: int, collected: "_Collected | None", max_frame: int
+        self, rid: int, collected: "_Collected | _Blob | None", max_frame: int
     ) -> dict[str, Any] | None:
         # Docker's multiplexing first (stdout is ours, stderr is the runner's own
         # complaints), then our frames; frames of an abandoned request are skipped.
@@ -282,12 +370,23 @@ class RunnerConnection:
 class _Collected:
     """Output of one execution, bounded whatever the runner sends."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, progress: ExecutionProgress | None = None) -> None:
         self.limit = limit
         self.stdout = _Stream("stdout", limit)
         self.stderr = _Stream("stderr", limit)
+        self.progress = progress
 
     def add(self, kind: bytes, payload: bytes) -> None:
+        if kind == b"p":
+            if self.progress is not None:
+                try:
+                    report = json.loads(payload)
+                    elapsed = float(report["elapsed"])
+                    out, err = int(report["stdout"]), int(report["stderr"])
+                except (ValueError, KeyError, TypeError):
+                    return
+                self.progress(elapsed, out, err)
+            return
         if kind == b"o":
             self.stdout.add_head(payload)
         elif kind == b"e":
@@ -296,6 +395,17 @@ class _Collected:
             self.stdout.set_tail(payload)
         elif kind == b"E":
             self.stderr.set_tail(payload)
+
+
+class _Blob:
+    """The content of a file got from the sandbox."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def add(self, kind: bytes, payload: bytes) -> None:
+        if kind == b"d":
+            self.data += payload
 
 
 def kill_all(api: Any, container_id: str) -> None:

@@ -4,11 +4,16 @@
 # The host talks to it over the container's own stdin and stdout (docker attach), one
 # request at a time. Frames both ways: kind (1 byte), request id (4 bytes), length
 # (4 bytes, big-endian), payload.
-#   host -> runner   x  execute: a JSON line {"timeout", "limit", "stateful", "guard"},
-#                       then the code
+#   host -> runner   x  execute: a JSON line {"timeout", "limit", "stateful", "guard",
+#                       "images"}, then the code
+#                    c  cancel: stop the execution under way with this request id now
 #                    z  reset: end the stateful interpreter
+#                    f  files: a JSON line {"op": "put" | "get" | "list", "path", "max"},
+#                       then the content to put
 #   runner -> host   o / e  the head of the code's stdout / stderr, as it arrives
 #                    O / E  their tails, at the end
+#                    p      progress of an execution (JSON), every PROGRESS_INTERVAL
+#                    d      the content of a file got
 #                    r      the result (JSON): always the last frame of a request
 #
 # Why PID 1: it reaps orphans at once, so nothing a run leaves behind holds pids; and
@@ -29,13 +34,16 @@
 # killed. If the kernel dies (timeout, out of memory, os._exit), the run says so, and
 # the next one starts a fresh kernel and says the state was lost.
 import atexit
+import binascii
 import builtins
+import errno
 import io
 import json
 import linecache
 import os
 import select
 import signal
+import stat
 import struct
 import sys
 import time
@@ -53,6 +61,9 @@ FRAME = struct.Struct(">cII")
 READ_CHUNK = 65536
 STUCK_SECONDS = 3.0  # after a kill, stop waiting for a process stuck in the kernel
 GUARD_INTERVAL = 0.005
+# Clients that extend their deadline on progress need some well within 5 seconds.
+PROGRESS_INTERVAL = 2.0
+FILE_OP_SECONDS = 30.0  # a file helper that takes longer is killed
 
 
 def prctl(option, value):
@@ -117,8 +128,10 @@ class Capture:
         self.tail_cap = limit - limit // 2
         self.tail = bytearray()
         self.dropped = 0
+        self.total = 0
 
     def feed(self, data):
+        self.total += len(data)
         if self.head_left:
             head = data[: self.head_left]
             send(self.kind, self.rid, head)
@@ -226,6 +239,166 @@ def add_user_site():
             break
     sys.path.insert(index, user_site)
     site.addsitedir(user_site)  # its .pth files
+
+
+# -- figures: every matplotlib figure a run leaves open (or shows) comes back as an image --
+# Nothing here imports matplotlib: code that does not use it pays nothing.
+SHOWN = []  # figures plt.show() took during this run, in order
+MAX_SIDE = 2048  # pixels; clients scale larger images down anyway, and they cost tokens
+MIN_SIDE = 256  # below this a chart is unreadable: leave it out rather than shrink it
+
+
+def patch_pyplot(pyplot):
+    """plt.show() collects the open figures for the result and closes them, as in a
+    notebook: later plotting starts a new figure instead of drawing over the shown one."""
+    if getattr(pyplot.show, "omcp", False):
+        return
+
+    def show(*args, **kwargs):
+        SHOWN.extend(pyplot.figure(num) for num in pyplot.get_fignums())
+        pyplot.close("all")
+
+    show.omcp = True
+    show.__doc__ = "Show the open figures: they come back with the result as images."
+    pyplot.show = show
+
+
+class PyplotHook:
+    """An import hook that finds nothing itself: when matplotlib.pyplot is imported it
+    wraps the loader, so show() is patched before the code can use it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "matplotlib.pyplot":
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return None
+        run = loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            patch_pyplot(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def take_figures():
+    """The figures of this run: shown ones first, then those still open; all closed."""
+    figures, SHOWN[:] = list(SHOWN), []
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        try:
+            figures.extend(pyplot.figure(num) for num in pyplot.get_fignums())
+            pyplot.close("all")
+        except Exception:
+            traceback.print_exc()
+    return figures
+
+
+def image_size(data):
+    """(width, height) of a PNG or JPEG, read from its header; (0, 0) if unknown."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    index = 2
+    while index + 9 < len(data) and data[index] == 0xFF:
+        marker = data[index + 1]
+        length = struct.unpack(">H", data[index + 2 : index + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):
+            height, width = struct.unpack(">HH", data[index + 5 : index + 9])
+            return width, height
+        index += 2 + length
+    return 0, 0
+
+
+def render(figure, dpi, fmt):
+    buffer = io.BytesIO()
+    options = {"format": fmt, "dpi": dpi, "bbox_inches": "tight"}
+    if fmt == "jpeg":
+        options["pil_kwargs"] = {"quality": 75}
+    figure.savefig(buffer, **options)
+    data = buffer.getvalue()
+    width, height = image_size(data)
+    return {"data": data, "mime": "image/" + fmt, "width": width, "height": height, "dpi": dpi}
+
+
+def largest_dpi(figure):
+    width, height = figure.get_size_inches()
+    return min(float(figure.dpi), MAX_SIDE / max(width, height, 0.01))
+
+
+def shrink(figure, image, target):
+    """A rendering of ``figure`` of at most ``target`` bytes, or None.
+
+    Smaller PNGs first (charts stay crisp), then JPEG (dense images, photos), never
+    below MIN_SIDE pixels.
+    """
+    width, height = figure.get_size_inches()
+    lowest = MIN_SIDE / max(width, height, 0.01)
+    for fmt in ("png", "jpeg"):
+        if image["mime"] != "image/" + fmt:
+            image = render(figure, largest_dpi(figure), fmt)
+        for _ in range(5):
+            size = len(image["data"])
+            if size <= target:
+                return image
+            # The encoded size follows the pixel count, roughly: aim a little below.
+            dpi = image["dpi"] * min(0.9, (target / size) ** 0.5 * 0.95)
+            if dpi < lowest:
+                break
+            image = render(figure, dpi, fmt)
+    return None
+
+
+def fair_shares(sizes, budget):
+    """Split ``budget`` so small images keep their size and big ones share the rest."""
+    shares = [0] * len(sizes)
+    left = budget
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    for position, index in enumerate(order):
+        share = min(sizes[index], left // (len(order) - position))
+        shares[index] = share
+        left -= share
+    return shares
+
+
+def encode_figures(figures, budget):
+    """Render figures as images of ``budget`` raw bytes at most, all together.
+
+    Returns:
+        (images as JSON-ready dicts, how many figures were left out).
+    """
+    pairs = []
+    for number, figure in enumerate(figures, 1):
+        try:
+            pairs.append((figure, render(figure, largest_dpi(figure), "png")))
+        except Exception as exc:
+            print("[omcp_py] figure %d could not be drawn: %r" % (number, exc), file=sys.stderr)
+    keep = len(pairs)
+    while keep:
+        sizes = [len(image["data"]) for _, image in pairs[:keep]]
+        if sum(sizes) <= budget:
+            break
+        for index, share in enumerate(fair_shares(sizes, budget)):
+            figure, image = pairs[index]
+            if len(image["data"]) > share:
+                smaller = shrink(figure, image, share)
+                if smaller is None:
+                    # Not even the smallest readable rendering fits: drop the last
+                    # figure, which frees room for those before it.
+                    keep -= 1
+                    break
+                pairs[index] = (figure, smaller)
+    out = []
+    for _, image in pairs[:keep]:
+        data = image.pop("data")
+        del image["dpi"]
+        image["data"] = binascii.b2a_base64(data, newline=False).decode("ascii")
+        out.append(image)
+    return out, len(figures) - len(out)
 
 
 PR_CAPBSET_DROP = 24
@@ -401,6 +574,10 @@ def become_code_process(out_w, err_w, keep=()):
     sys.path[0:0] = [""]  # the package directory is added before each run
     sys.argv = ["-c"]
     sys.dont_write_bytecode = True
+    # No display here: matplotlib draws off screen (so do programs the code starts),
+    # and plt.show() hands the figures to the result.
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    sys.meta_path.insert(0, PyplotHook())
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = main
@@ -488,7 +665,7 @@ def read_exact(fd, size):
 ONCE = b"1"  # run the code, then exit: a stateless execution
 STAY = b"k"  # run the code and wait for more: the stateful interpreter
 REAP = b"w"  # collect the exit status of children PID 1 has just killed
-CHILD_MESSAGE = struct.Struct(">cI")
+CHILD_MESSAGE = struct.Struct(">cII")  # kind, image budget, size of the code
 
 
 def child_main(ctl_r, status_w, out_w, err_w):
@@ -511,7 +688,7 @@ def child_main(ctl_r, status_w, out_w, err_w):
     counter = 0
     while True:
         try:
-            kind, size = CHILD_MESSAGE.unpack(read_exact(ctl_r, CHILD_MESSAGE.size))
+            kind, budget, size = CHILD_MESSAGE.unpack(read_exact(ctl_r, CHILD_MESSAGE.size))
             code = read_exact(ctl_r, size)
         except (EOFError, OSError):
             os._exit(0)
@@ -528,13 +705,338 @@ def child_main(ctl_r, status_w, out_w, err_w):
         add_user_site()
         if kind == ONCE:
             exit_code = run_code(main, code, "<sandbox>")
-            finish_like_python(main)
         else:
             exit_code = run_code(main, code, "<sandbox-%d>" % counter)
+        status = {"exit_code": exit_code}
+        if SHOWN or "matplotlib.pyplot" in sys.modules:
+            figures = take_figures()
+            if figures:
+                status["images"], status["images_left_out"] = encode_figures(figures, budget)
+            del figures
+        if kind == ONCE:
+            finish_like_python(main)
         flush_stdio()
-        write_all(status_w, json.dumps({"exit_code": exit_code}).encode() + b"\n")
+        write_all(status_w, json.dumps(status).encode() + b"\n")
         if kind == ONCE:
             os._exit(exit_code)
+
+
+# -- files: put, get and list, for the host's file tools ---------------------------------
+# Done by a fork that becomes the code's user first, like a run: it can reach nothing the
+# code cannot, and it walks the path one directory at a time without following a link,
+# so a link the code planted cannot lead it anywhere. PID 1 itself never opens a path.
+FILE_ROOTS = ("/tmp",)  # besides CODE_DIR: the other place the code can write
+LIST_LIMIT = 1000  # entries list_files returns at most
+
+
+class Refused(Exception):
+    def __init__(self, kind, message):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+
+
+def shown_path(root, parts):
+    return "/".join([root.rstrip("/")] + list(parts)) if parts else root
+
+
+def split_path(path):
+    """(root, components) of a path the host sent; refuses what leaves the roots."""
+    roots = (CODE_DIR,) + FILE_ROOTS
+    if not path:
+        raise Refused("invalid", "the path is empty")
+    if path.startswith("/"):
+        for root in roots:
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                rest = path[len(root) :]
+                break
+        else:
+            raise Refused(
+                "outside",
+                "%s is outside the sandbox's files, which are under %s"
+                % (path, " and ".join(roots)),
+            )
+    else:
+        root, rest = CODE_DIR, path
+    parts = [part for part in rest.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise Refused("outside", "%s goes up with '..', which is not allowed" % path)
+    return root, parts
+
+
+def refuse_special(st, shown, dir_fd, name, want_dir=False):
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            target = "?"
+        raise Refused(
+            "link", "%s is a symbolic link (to %s); links are not followed" % (shown, target)
+        )
+    if want_dir:
+        if not stat.S_ISDIR(mode):
+            raise Refused("not_directory", "%s is not a directory" % shown)
+        return
+    if stat.S_ISDIR(mode):
+        raise Refused("directory", "%s is a directory" % shown)
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        )
+        raise Refused("special", "%s is %s, not a regular file" % (shown, kind))
+
+
+def lstat_at(name, dir_fd, shown):
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise Refused("missing", "%s does not exist" % shown) from None
+
+
+def open_dir(root, parts, create=False):
+    """A descriptor of root/parts, walked without following links (made if asked)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for index, part in enumerate(parts):
+            shown = shown_path(root, parts[: index + 1])
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not create:
+                    raise Refused("missing", "%s does not exist" % shown) from None
+                os.mkdir(part, 0o755, dir_fd=fd)
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            refuse_special(st, shown, fd, part, want_dir=True)
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:  # swapped for a link since the stat
+                raise Refused("link", "%s changed while it was opened" % shown) from None
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def get_file(request):
+    root, parts = split_path(request["path"])
+    if not parts:
+        raise Refused("directory", "%s is a directory" % root)
+    limit = int(request["max"])
+    shown = shown_path(root, parts)
+    dir_fd = open_dir(root, parts[:-1])
+    try:
+        st = lstat_at(parts[-1], dir_fd, shown)
+        refuse_special(st, shown, dir_fd, parts[-1])
+        if st.st_size > limit:
+            raise Refused("too_large", "%s is %d bytes" % (shown, st.st_size))
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        fd = os.open(parts[-1], flags, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        refuse_special(st, shown, None, parts[-1])
+        chunks, size = [], 0
+        while size <= limit:
+            data = os.read(fd, min(READ_CHUNK * 16, limit + 1 - size))
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise Refused("too_large", "%s is over %d bytes" % (shown, limit))
+    return {"path": shown, "size": size, "modified": st.st_mtime}, b"".join(chunks)
+
+
+def put_file(request, content):
+    root, parts = split_path(request["path"])
+    if not parts:
+        raise Refused("directory", "%s is a directory" % root)
+    shown = shown_path(root, parts)
+    dir_fd = open_dir(root, parts[:-1], create=True)
+    temporary = ".omcp-upload-%d" % os.getpid()
+    try:
+        try:
+            refuse_special(lstat_at(parts[-1], dir_fd, shown), shown, dir_fd, parts[-1])
+        except Refused as exc:
+            if exc.kind != "missing":
+                raise
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(temporary, flags, 0o644, dir_fd=dir_fd)
+        try:
+            try:
+                write_all(fd, content)
+            finally:
+                os.close(fd)
+            # A rename replaces whatever is there now (even a link made since the
+            # check) instead of writing through it.
+            os.replace(temporary, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise
+        st = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+    finally:
+        os.close(dir_fd)
+    return {"path": shown, "size": st.st_size, "modified": st.st_mtime}, b""
+
+
+def list_files(request):
+    root, parts = split_path(request.get("path") or CODE_DIR)
+    shown = shown_path(root, parts)
+    entries = []
+    truncated = False
+    top = open_dir(root, parts)
+    try:
+        st = os.fstatvfs(top)
+        free = st.f_bavail * st.f_frsize
+        pending = [(top, "")]
+        while pending:
+            fd, prefix = pending.pop()
+            try:
+                with os.scandir(fd) as found:
+                    children = sorted(found, key=lambda entry: entry.name, reverse=True)
+                subdirs = []
+                for entry in reversed(children):
+                    if len(entries) >= LIST_LIMIT:
+                        truncated = True
+                        break
+                    st = entry.stat(follow_symlinks=False)
+                    mode = st.st_mode
+                    kind = (
+                        "file"
+                        if stat.S_ISREG(mode)
+                        else "directory"
+                        if stat.S_ISDIR(mode)
+                        else "symlink"
+                        if stat.S_ISLNK(mode)
+                        else "fifo"
+                        if stat.S_ISFIFO(mode)
+                        else "socket"
+                        if stat.S_ISSOCK(mode)
+                        else "device"
+                    )
+                    item = {
+                        "path": prefix + entry.name,
+                        "type": kind,
+                        "size": st.st_size if kind == "file" else 0,
+                        "modified": st.st_mtime,
+                    }
+                    if kind == "symlink":
+                        try:
+                            item["target"] = os.readlink(entry.name, dir_fd=fd)
+                        except OSError:
+                            pass
+                    entries.append(item)
+                    if kind == "directory":
+                        subdirs.append(entry.name)
+                for name in reversed(subdirs):
+                    try:
+                        inner = os.open(
+                            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd
+                        )
+                    except OSError:
+                        continue  # unreadable, or replaced meanwhile
+                    pending.append((inner, prefix + name + "/"))
+            finally:
+                os.close(fd)
+            if truncated:
+                break
+    finally:
+        for fd, _ in pending:
+            os.close(fd)
+    entries.sort(key=lambda item: item["path"])
+    return {"path": shown, "entries": entries, "truncated": truncated, "free": free}, b""
+
+
+def file_op(request, content):
+    op = request.get("op")
+    if op == "get":
+        return get_file(request)
+    if op == "put":
+        return put_file(request, content)
+    if op == "list":
+        return list_files(request)
+    raise Refused("invalid", "unknown file operation %r" % op)
+
+
+def file_helper(request, content, answer_w):
+    """In a fresh fork of PID 1: become the code's user and do one file request."""
+    signal.set_wakeup_fd(-1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)  # never the host's stream
+    close_all_but((answer_w,))
+    become_code_user()
+    try:
+        answer, data = file_op(request, content)
+    except Refused as exc:
+        answer, data = {"error": exc.kind, "message": exc.message}, b""
+    except OSError as exc:
+        kind = {
+            errno.ENOSPC: "full",
+            errno.EDQUOT: "full",
+            errno.EACCES: "permission",
+            errno.EPERM: "permission",
+            errno.EROFS: "permission",
+            errno.ELOOP: "link",
+            errno.ENAMETOOLONG: "invalid",
+            errno.ENOTDIR: "not_directory",
+        }.get(exc.errno, "os")
+        answer = {
+            "error": kind,
+            "message": "%s: %s" % (request.get("path"), os.strerror(exc.errno)),
+        }
+        data = b""
+    write_all(answer_w, json.dumps(answer).encode() + b"\n" + data)
+
+
+def file_request(request, content):
+    """Answer one file request; (answer, content got)."""
+    answer_r, answer_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(answer_r)
+            file_helper(request, content, answer_w)
+        except BaseException:
+            code = 70
+        finally:
+            os._exit(code)
+    os.close(answer_w)
+    chunks = []
+    deadline = time.monotonic() + FILE_OP_SECONDS
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([answer_r], [], [], left)[0]:
+                chunks = None
+                os.kill(pid, signal.SIGKILL)
+                break
+            data = os.read(answer_r, READ_CHUNK * 16)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(answer_r)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # the loop's reaper was first
+    if chunks is None:
+        return {"error": "timeout", "message": "the file operation took too long"}, b""
+    line, found, data = b"".join(chunks).partition(b"\n")
+    if not found:
+        return {"error": "failed", "message": "the file helper ended without an answer"}, b""
+    return json.loads(line), data
 
 
 # -- PID 1 -----------------------------------------------------------------------------
@@ -560,9 +1062,9 @@ class Child:
             nonblocking(fd)
         self.status_buffer = b""
 
-    def send(self, kind, code):
+    def send(self, kind, code, budget=0):
         try:
-            write_all(self.ctl_w, CHILD_MESSAGE.pack(kind, len(code)) + code)
+            write_all(self.ctl_w, CHILD_MESSAGE.pack(kind, budget, len(code)) + code)
         except OSError:
             pass  # it is gone: the next reap says how
 
@@ -590,6 +1092,10 @@ class Job:
         # than this; the container's own limit leaves gVisor room above it.
         self.guard = int(header.get("guard") or 0)
         self.guard_tripped = False
+        self.budget = int(header.get("images") or 0)
+        self.images = []
+        self.images_left_out = 0
+        self.cancelled = False
         self.oom_before = oom_kills()
         self.out = Capture(b"o", rid, self.limit)
         self.err = Capture(b"e", rid, self.limit)
@@ -612,7 +1118,8 @@ class Job:
         self.streams = {self.child.out_r: self.out, self.child.err_r: self.err}
         self.start = time.monotonic()
         self.deadline = self.start + float(header["timeout"])
-        self.child.send(STAY if self.stateful else ONCE, code)
+        self.next_progress = self.start + PROGRESS_INTERVAL
+        self.child.send(STAY if self.stateful else ONCE, code, self.budget)
 
     def fds(self):
         fds = list(self.streams)
@@ -649,16 +1156,30 @@ class Job:
 
     def read_status(self):
         child = self.child
-        try:
-            data = os.read(child.status_r, 4096)
-        except OSError:
+        while True:
+            try:
+                data = os.read(child.status_r, READ_CHUNK)
+            except OSError:
+                break
+            if not data:
+                break
+            child.status_buffer += data
+        while b"\n" in child.status_buffer:
+            line, _, child.status_buffer = child.status_buffer.partition(b"\n")
+            try:
+                status = json.loads(line)
+                exit_code = int(status["exit_code"])
+            except (ValueError, KeyError, TypeError):
+                continue  # not a status line: something the code wrote to this pipe
+            self.take_images(status)
+            self.end = time.monotonic()
+            self.status = ("exit", exit_code)
+            break
+        else:
+            # A status line is a few bytes plus the images: anything longer is not ours.
+            if len(child.status_buffer) > self.budget * 2 + 65536:
+                child.status_buffer = b""
             return
-        child.status_buffer += data
-        if b"\n" not in child.status_buffer:
-            return
-        line, _, child.status_buffer = child.status_buffer.partition(b"\n")
-        self.end = time.monotonic()
-        self.status = ("exit", int(json.loads(line)["exit_code"]))
         # Everything the code wrote before its status is in the pipes: take it, then
         # end whatever the run started (a stateful interpreter stays).
         self.drain()
@@ -669,6 +1190,46 @@ class Job:
             doom_others()  # waiting for them to be gone happens after the answer
         self.drain()
         self.streams = {}
+
+    def take_images(self, status):
+        # The code's own process made these: hold them to the budget the host expects.
+        room = self.budget * 4 // 3 + 4
+        images = status.get("images") or []
+        left_out = int(status.get("images_left_out") or 0)
+        for image in images if isinstance(images, list) else []:
+            try:
+                entry = {
+                    "mime": str(image["mime"]),
+                    "width": int(image["width"]),
+                    "height": int(image["height"]),
+                    "data": str(image["data"]),
+                }
+            except (KeyError, TypeError, ValueError):
+                left_out += 1
+                continue
+            if len(entry["data"]) > room:
+                left_out += 1
+                continue
+            room -= len(entry["data"])
+            self.images.append(entry)
+        self.images_left_out = max(0, left_out)
+
+    def cancel(self, now):
+        """The host no longer wants this run: end it (and the stateful interpreter) now."""
+        if self.status is None and self.killed_at is None:
+            self.cancelled = True
+            self.killed_at = now
+            self.runner.kill_others()
+
+    def progress(self, now):
+        if now >= self.next_progress and self.status is None:
+            self.next_progress = now + PROGRESS_INTERVAL
+            report = {
+                "elapsed": round(now - self.start, 3),
+                "stdout": self.out.total,
+                "stderr": self.err.total,
+            }
+            send(b"p", self.rid, json.dumps(report).encode())
 
     def step(self, now):
         """Advance; True when the result has been sent."""
@@ -684,6 +1245,7 @@ class Job:
                 doom_others()  # the run ended: so does everything it started
                 self.drain()
                 self.streams = {}
+        self.progress(now)
         if self.status is None and not self.timed_out and now >= self.deadline:
             self.timed_out = True
             self.killed_at = now
@@ -708,6 +1270,8 @@ class Job:
         code, sig = describe(status)
         if self.timed_out:
             reason = "it was killed when the run timed out"
+        elif self.cancelled:
+            reason = "it was stopped when the client cancelled the run"
         elif self.guard_tripped:
             reason = "it was killed when the sandbox ran out of memory"
         elif sig == signal.SIGKILL:
@@ -726,7 +1290,7 @@ class Job:
 
     def wait_time(self, now):
         if self.status is None and not self.timed_out:
-            wait = max(0.0, self.deadline - now)
+            wait = max(0.0, min(self.deadline, self.next_progress) - now)
             # The guard looks every few milliseconds: gVisor fills memory at a few
             # hundred megabytes a second, and its room above the guard is 128 MiB.
             return min(wait, GUARD_INTERVAL) if self.guard else wait
@@ -754,6 +1318,9 @@ class Job:
             "duration_ms": round(((self.end or time.monotonic()) - self.start) * 1000, 3),
             "dropped": [self.out.dropped, self.err.dropped],
             "state": self.state,
+            "cancelled": self.cancelled,
+            "images": self.images,
+            "images_left_out": self.images_left_out,
         }
         send(b"O", self.rid, bytes(self.out.tail))
         send(b"E", self.rid, bytes(self.err.tail))
@@ -869,7 +1436,23 @@ class Runner:
         del self.inbox[: FRAME.size + size]
         return kind, rid, payload
 
+    def take_cancel(self):
+        # The host sends nothing but a cancel while a run is under way.
+        if len(self.inbox) >= FRAME.size and self.inbox[:1] == b"c":
+            request = self.next_request()
+            if request is not None and request[1] == self.job.rid:
+                self.job.cancel(time.monotonic())
+
     def handle(self, kind, rid, payload):
+        if kind == b"c":
+            return  # the run it would stop has already been answered
+        if kind == b"f":
+            line, _, data = payload.partition(b"\n")
+            answer, content = file_request(json.loads(line), data)
+            if content:
+                send(b"d", rid, content)
+            send(b"r", rid, json.dumps(answer).encode())
+            return
         if kind == b"x":
             line, _, code = payload.partition(b"\n")
             self.job = Job(self, rid, json.loads(line), code)
@@ -897,8 +1480,8 @@ class Runner:
         while True:
             now = time.monotonic()
             fds = [self.wake_r]
-            if self.stdin_open and self.job is None:
-                fds.append(0)
+            if self.stdin_open:
+                fds.append(0)  # during a run too: a cancel may come
             if self.job is not None:
                 fds += self.job.fds()
             elif self.kernel is not None:
@@ -928,6 +1511,8 @@ class Runner:
                     self.job.readable(fd)
                 else:
                     self.idle_output(fd)
+            if self.job is not None:
+                self.take_cancel()
             if self.job is not None and self.job.step(time.monotonic()):
                 flush_outbox()  # the answer leaves before the clean-up
                 stateful, self.job = self.job.stateful, None
