@@ -117,6 +117,22 @@ class SandboxConfig(BaseSettings):
         le=64 * 1024**2,
         description="Bytes kept of each of stdout and stderr (head and tail; the middle is cut).",
     )
+    image_budget: Size = Field(
+        "800k",
+        ge=0,
+        le=64 * 1024**2,
+        description=(
+            "Bytes, after base64, the figures of one result may take together (clients refuse "
+            "results over about 1 MiB): larger ones are scaled down or sent as JPEG, and those "
+            "that still do not fit are left out (0: no figures)."
+        ),
+    )
+    max_upload_size: Size = Field(
+        "10m", ge=1024, le=1024**3, description="Largest file upload_file accepts, in bytes."
+    )
+    max_download_size: Size = Field(
+        "10m", ge=1024, le=1024**3, description="Largest file download_file returns, in bytes."
+    )
     max_code_size: Size = Field(
         "1m", ge=1024, le=64 * 1024**2, description="Largest code accepted, in UTF-8 bytes."
     )

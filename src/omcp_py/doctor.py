@@ -261,7 +261,7 @@ async def _print_one(config: SandboxConfig) -> str:
     async with manager.running():
         created = await manager.create(60)
         try:
-            result = await manager.execute(created.sandbox_id, "print(1)", 30)
+            result = (await manager.execute(created.sandbox_id, "print(1)", 30)).result
         finally:
             await manager.remove(created.sandbox_id, force=True)
     return result.output

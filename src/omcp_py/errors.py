@@ -50,3 +50,7 @@ class ImageUnavailable(SandboxCreateFailed):
 
 class InvalidArgument(OmcpError):
     """A tool argument is outside what the server accepts."""
+
+
+class FileRefused(InvalidArgument):
+    """A file tool was given a path it may not use, or a file it may not move."""

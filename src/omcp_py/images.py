@@ -27,8 +27,8 @@ BUILD_HINT = (
     f"or build the recommended image with `omcp_py image build` and set "
     f"DOCKER_IMAGE={RECOMMENDED_IMAGE}"
 )
-# (bytes done, bytes expected, what is happening)
-Progress = Callable[[int, int, str], None]
+# (done so far, expected in all, what is happening): bytes of a pull, seconds of a run
+Progress = Callable[[float, float, str], None]
 
 
 def fix_for_missing(image: str) -> str:

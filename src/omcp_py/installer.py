@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig
 from omcp_py.engine import read_timed_out
 from omcp_py.errors import EngineError
@@ -28,6 +29,8 @@ MARKER = "@@omcp-install-result@@"
 # The script in the container caps pip's log at about 64 KiB; this bounds what we
 # read even if something else writes to its stdout.
 _LOG_CAP = 256 * 1024
+# Clients that extend their deadline on progress need some well within 5 seconds.
+PROGRESS_INTERVAL = 2.0
 
 
 @dataclass
@@ -40,6 +43,7 @@ class RawInstall:
     timed_out: bool = False
     oom_killed: bool = False
     vanished: bool = False  # the installer container was removed under us
+    cancelled: bool = False  # the caller cancelled: the installer was killed
     duration_ms: float = 0.0
     prepared: bool = False  # the volume belongs to the sandbox user now
 
@@ -63,6 +67,8 @@ class Installer:
         timeout: float,
         prepare: bool,
         wanted: Callable[[], bool] = lambda: True,
+        progress: Callable[[float], None] | None = None,
+        stop: Stop | None = None,
     ) -> RawInstall:
         """Run pip once against ``volume``; stop it (and all its processes) at ``timeout``.
 
@@ -73,6 +79,8 @@ class Installer:
             timeout: seconds the whole install may take.
             prepare: first install of this volume: hand it to the sandbox user first.
             wanted: False once the sandbox has been removed: stop at the next step.
+            progress: told the seconds elapsed, every couple of seconds.
+            stop: when it is stopped, the installer container is killed at once.
 
         Returns:
             The outcome; a failing pip is a normal outcome.
@@ -81,15 +89,22 @@ class Installer:
             EngineError: the volume could not be prepared.
         """
         started = time.monotonic()
+        stop = stop or Stop()
+
+        def report() -> None:
+            if progress is not None:
+                progress(time.monotonic() - started)
+
         if prepare:
             kwargs = volume_owner_kwargs(self.config, labels, volume)
-            code, output, state = self._run_to_end(kwargs, timeout, wanted)
-            if state.get("timed_out") or state.get("vanished"):
+            code, output, state = self._run_to_end(kwargs, timeout, wanted, report, stop)
+            if state.get("timed_out") or state.get("vanished") or state.get("cancelled"):
                 return RawInstall(
                     exit_code=code,
                     log=output,
                     timed_out=bool(state.get("timed_out")),
                     vanished=bool(state.get("vanished")),
+                    cancelled=bool(state.get("cancelled")),
                     duration_ms=round((time.monotonic() - started) * 1000, 3),
                 )
             if code != 0:
@@ -99,7 +114,7 @@ class Installer:
                 )
         remaining = max(1.0, timeout - (time.monotonic() - started))
         kwargs = installer_run_kwargs(self.config, labels, volume, pip_args)
-        code, output, state = self._run_to_end(kwargs, remaining, wanted)
+        code, output, state = self._run_to_end(kwargs, remaining, wanted, report, stop)
         log_text, installed = output, []
         if MARKER in output:
             log_text, _, trailer = output.rpartition(MARKER)
@@ -116,17 +131,23 @@ class Installer:
             timed_out=bool(state.get("timed_out")),
             oom_killed=bool(state.get("oom_killed")),
             vanished=bool(state.get("vanished")),
+            cancelled=bool(state.get("cancelled")),
             duration_ms=round((time.monotonic() - started) * 1000, 3),
             prepared=True,
         )
 
     def _run_to_end(
-        self, kwargs: dict[str, Any], timeout: float, wanted: Callable[[], bool]
+        self,
+        kwargs: dict[str, Any],
+        timeout: float,
+        wanted: Callable[[], bool],
+        report: Callable[[], None],
+        stop: Stop,
     ) -> tuple[int, str, dict]:
         """Create, start and wait for a container; always remove it.
 
         Returns:
-            (exit code, its output, {"timed_out", "oom_killed", "vanished"}).
+            (exit code, its output, {"timed_out", "oom_killed", "vanished", "cancelled"}).
         """
         import docker
         import requests
@@ -138,6 +159,9 @@ class Installer:
         code = -1
         output = ""
         try:
+            if stop.stopped:
+                state["cancelled"] = True
+                return code, output, state
             if not wanted():
                 # The sandbox was removed while this container was being made: its
                 # removal may not have seen it, so it goes here (with the volume it
@@ -145,15 +169,30 @@ class Installer:
                 state["vanished"] = True
                 return code, output, state
             container.start()
-            try:
-                code = int(api.wait(container.id, timeout=timeout)["StatusCode"])
-            except requests.exceptions.RequestException as exc:
-                if not read_timed_out(exc):
-                    raise
+
+            def kill() -> None:
+                state["cancelled"] = True
+                with contextlib.suppress(docker.errors.APIError, requests.RequestException):
+                    api.kill(container.id)
+
+            stop.on_stop(kill)
+            deadline = time.monotonic() + timeout
+            status = None
+            while status is None and time.monotonic() < deadline:
+                # Short waits, so progress goes out between them.
+                step = min(PROGRESS_INTERVAL, deadline - time.monotonic())
+                try:
+                    status = int(api.wait(container.id, timeout=max(step, 0.01))["StatusCode"])
+                except requests.exceptions.RequestException as exc:
+                    if not read_timed_out(exc):
+                        raise
+                    report()
+            if status is None:
                 state["timed_out"] = True
                 with contextlib.suppress(docker.errors.APIError):
                     api.kill(container.id)
-                code = 137
+                status = 137
+            code = status
             try:
                 raw = api.logs(container.id, stdout=True, stderr=True)
                 output = raw[-_LOG_CAP:].decode("utf-8", errors="replace")

@@ -20,19 +20,22 @@ import anyio
 import anyio.from_thread
 from mcp.server.mcpserver import Context, MCPServer  # MCPServer: mcp 2.x's successor to FastMCP
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from omcp_py import __version__
+from omcp_py import __version__, content
 from omcp_py.config import SandboxConfig, load_config
 from omcp_py.errors import ConfigError, OmcpError
 from omcp_py.models import (
     CreateSandboxResult,
+    DownloadResult,
     ExecutionResult,
     InstallResult,
+    ListFilesResult,
     ListSandboxesResult,
     RemoveSandboxResult,
     ResetStateResult,
+    UploadResult,
 )
 from omcp_py.sandbox_manager import SandboxManager
 
@@ -42,11 +45,21 @@ INSTRUCTIONS = (
     "Run Python in isolated sandboxes: create_sandbox, then execute_python_code as often as "
     "needed (files in /sandbox persist between runs of the same sandbox), then remove_sandbox. "
     "install_package adds packages from the package index to a sandbox. "
+    "upload_file, download_file and list_files move files in and out of /sandbox. "
+    "Matplotlib figures a run shows or leaves open come back as images. "
     "Sandboxes have no network, limited memory and CPU, and expire when idle."
 )
 
 SandboxId = Annotated[
     str, Field(description="Id returned by create_sandbox.", min_length=1, max_length=256)
+]
+FilePath = Annotated[
+    str,
+    Field(
+        description="Relative to /sandbox (the working directory), or absolute under /sandbox "
+        "or /tmp; '..' and symbolic links are refused.",
+        max_length=4096,
+    ),
 ]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -84,11 +97,11 @@ def _manager(ctx: Context) -> SandboxManager:
     return ctx.request_context.lifespan_context
 
 
-def _progress(ctx: Context) -> Callable[[int, int, str], None]:
+def _progress(ctx: Context) -> Callable[[float, float, str], None]:
     """A progress reporter the manager's worker threads can call (a no-op unless the
     client sent a progress token)."""
 
-    def report(done: int, total: int, message: str) -> None:
+    def report(done: float, total: float, message: str) -> None:
         anyio.from_thread.run(ctx.report_progress, done, total, message)
 
     return report
@@ -209,20 +222,22 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
                 description="Seconds before the run and every process it started are killed.",
             ),
         ] = config.execution_timeout,
-    ) -> ExecutionResult:
-        """Run Python code in a sandbox; returns stdout, stderr and exit code.
+    ) -> Annotated[CallToolResult, ExecutionResult]:
+        """Run Python code in a sandbox; returns stdout, stderr, exit code and figures.
 
         Each run starts fresh, unless the sandbox was created with stateful=true (then
         variables and imports of earlier runs are there). Files written under /sandbox
         (the working directory) stay for the next run either way.
         Code that raises is a normal result with success false and the traceback in error.
+        Matplotlib figures the code shows (plt.show()) or leaves open come back as images.
 
         Args:
             sandbox_id: the sandbox to run in.
             code: Python source, run like `python -c`.
             timeout: seconds before the run is killed.
         """
-        return await _manager(ctx).execute(sandbox_id, code, timeout)
+        outcome = await _manager(ctx).execute(sandbox_id, code, timeout, _progress(ctx))
+        return content.execution(outcome)
 
     @server.tool(
         title="Reset a stateful sandbox",
@@ -272,7 +287,77 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             package: one or more requirements separated by spaces, e.g. 'numpy==2.1.0 requests'.
             timeout: seconds before the install is stopped (large packages take minutes).
         """
-        return await _manager(ctx).install(sandbox_id, package, timeout)
+        return await _manager(ctx).install(sandbox_id, package, timeout, _progress(ctx))
+
+    @server.tool(
+        title="Put a file into a sandbox",
+        annotations=_hints(idempotent=True),
+    )
+    @tool_errors
+    async def upload_file(
+        ctx: Context,
+        sandbox_id: SandboxId,
+        path: FilePath,
+        text: Annotated[
+            str | None, Field(description="The content, as text (written as UTF-8).")
+        ] = None,
+        content_base64: Annotated[
+            str | None, Field(description="The content, as base64 (for binary files).")
+        ] = None,
+    ) -> UploadResult:
+        """Write a file into a sandbox, replacing a file of that name; folders are made.
+
+        Give exactly one of text and content_base64.
+
+        Args:
+            sandbox_id: the sandbox.
+            path: e.g. 'data.csv' (that is /sandbox/data.csv) or '/tmp/input.bin'.
+            text: the content as text.
+            content_base64: the content as base64, for binary files.
+        """
+        return await _manager(ctx).upload(sandbox_id, path, text, content_base64)
+
+    @server.tool(
+        title="Get a file from a sandbox",
+        annotations=_hints(read_only=True, idempotent=True),
+    )
+    @tool_errors
+    async def download_file(
+        ctx: Context, sandbox_id: SandboxId, path: FilePath
+    ) -> Annotated[CallToolResult, DownloadResult]:
+        """Read a file of a sandbox: text comes as text, PNG/JPEG as an image, other bytes as
+        an embedded resource (base64).
+
+        Args:
+            sandbox_id: the sandbox.
+            path: e.g. 'result.csv' (that is /sandbox/result.csv) or '/tmp/plot.png'.
+        """
+        return content.download(await _manager(ctx).download(sandbox_id, path))
+
+    @server.tool(
+        title="List the files of a sandbox",
+        annotations=_hints(read_only=True, idempotent=True),
+    )
+    @tool_errors
+    async def list_files(
+        ctx: Context,
+        sandbox_id: SandboxId,
+        path: Annotated[
+            str,
+            Field(
+                description="The directory: relative to /sandbox, or absolute under /sandbox "
+                "or /tmp.",
+                max_length=4096,
+            ),
+        ] = "/sandbox",
+    ) -> ListFilesResult:
+        """List the files under a directory of a sandbox (default /sandbox), with sizes.
+
+        Args:
+            sandbox_id: the sandbox.
+            path: the directory to list, all the way down.
+        """
+        return await _manager(ctx).list_files(sandbox_id, path)
 
     _refuse_unknown_arguments(server)
     return server

@@ -42,6 +42,15 @@ class RemoveSandboxResult(BaseModel):
     message: str = Field(description="What happened.")
 
 
+class FigureInfo(BaseModel):
+    """One figure of a run; the image itself is a content block of the result."""
+
+    mime_type: str = Field(description="image/png, or image/jpeg when that fit the budget.")
+    width: int = Field(description="Width in pixels.")
+    height: int = Field(description="Height in pixels.")
+    size: int = Field(description="Bytes of the encoded image (before base64).")
+
+
 class ExecutionResult(BaseModel):
     """What one run of Python code produced. A failing program is data, not an error."""
 
@@ -62,6 +71,16 @@ class ExecutionResult(BaseModel):
         description="Stateful sandboxes only: 'kept' (earlier variables were there), 'fresh' "
         "(a new interpreter: first run, after a reset, or after the last one died), 'lost' "
         "(the interpreter died in this run; the next run starts fresh). Null when stateless.",
+    )
+    images: list[FigureInfo] = Field(
+        default_factory=list,
+        description="The matplotlib figures the code showed or left open, in order; each is "
+        "an image content block after this result.",
+    )
+    images_left_out: int = Field(
+        default=0,
+        description="Figures not returned because the images of one result must stay under "
+        "IMAGE_BUDGET (save them with savefig and use download_file).",
     )
 
 
@@ -85,3 +104,50 @@ class InstallResult(BaseModel):
     )
     timed_out: bool = Field(description="True when the timeout stopped the installer.")
     duration_ms: float = Field(description="How long the install took, in milliseconds.")
+
+
+class UploadResult(BaseModel):
+    """A file written into a sandbox."""
+
+    success: bool = Field(description="True: the file is there, complete.")
+    path: str = Field(description="Its absolute path in the sandbox.")
+    size: int = Field(description="Its size in bytes.")
+    sha256: str = Field(description="SHA-256 of the content written, in hex.")
+
+
+class DownloadResult(BaseModel):
+    """A file read from a sandbox: text here, an image or other bytes as a content block."""
+
+    success: bool = Field(description="True: the whole file was read.")
+    path: str = Field(description="Its absolute path in the sandbox.")
+    size: int = Field(description="Its size in bytes.")
+    sha256: str = Field(description="SHA-256 of the content, in hex.")
+    mime_type: str = Field(description="Its type, from its first bytes and its name.")
+    kind: str = Field(
+        description="'text' (the content is in text), 'image' (an image content block "
+        "follows) or 'binary' (an embedded resource with the bytes in base64 follows)."
+    )
+    text: str | None = Field(description="The content of a text (UTF-8) file; null otherwise.")
+
+
+class FileEntry(BaseModel):
+    """One entry of list_files."""
+
+    path: str = Field(description="Path relative to the directory listed.")
+    type: str = Field(description="'file', 'directory', 'symlink', 'fifo', 'socket' or 'device'.")
+    size: int = Field(description="Bytes (files only; 0 for the others).")
+    modified: str = Field(description="Last modification (ISO 8601, UTC).")
+    target: str | None = Field(default=None, description="Where a symlink points; not followed.")
+
+
+class ListFilesResult(BaseModel):
+    """What a directory of a sandbox holds, all the way down."""
+
+    success: bool = Field(description="True when the directory could be read.")
+    path: str = Field(description="The directory listed (absolute).")
+    entries: list[FileEntry] = Field(description="Everything under it, sorted by path.")
+    count: int = Field(description="How many entries are listed.")
+    truncated: bool = Field(
+        description="True when there were more than 1000 entries and the rest is left out."
+    )
+    free_bytes: int = Field(description="Room left on the filesystem of that directory, in bytes.")

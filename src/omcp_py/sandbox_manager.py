@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +23,8 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from omcp_py import ownership
+from omcp_py import files, ownership
+from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig, format_size
 from omcp_py.engine import Engine
 from omcp_py.errors import (
@@ -49,11 +51,14 @@ from omcp_py.installer import Installer, RawInstall
 from omcp_py.models import (
     CreateSandboxResult,
     ExecutionResult,
+    FigureInfo,
     InstallResult,
+    ListFilesResult,
     ListSandboxesResult,
     RemoveSandboxResult,
     ResetStateResult,
     SandboxInfo,
+    UploadResult,
 )
 from omcp_py.ownership import Owner
 from omcp_py.packages import explain_failure, parse_requirements, pip_arguments
@@ -64,6 +69,22 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+@dataclass
+class Figure:
+    """One figure of a run, encoded: what the client gets as an image content block."""
+
+    mime_type: str
+    data: str  # base64
+
+
+@dataclass
+class Execution:
+    """What execute() returns: the tool result, and the figures that go with it."""
+
+    result: ExecutionResult
+    figures: list[Figure] = field(default_factory=list)
 
 
 def _iso(epoch: float) -> str:
@@ -372,16 +393,23 @@ class SandboxManager:
         log.info("removed sandbox %s", sandbox_id)
         return RemoveSandboxResult(success=True, message=f"Sandbox {sandbox_id} removed.")
 
-    async def execute(self, sandbox_id: str, code: str, timeout: int) -> ExecutionResult:
+    async def execute(
+        self, sandbox_id: str, code: str, timeout: int, progress: Progress | None = None
+    ) -> Execution:
         """Run Python code in a sandbox, in a fresh process.
+
+        If the caller is cancelled (the client sent ``notifications/cancelled``), the
+        run is stopped in the sandbox at once and the cancellation goes on up.
 
         Args:
             sandbox_id: the sandbox to run in.
             code: Python source.
             timeout: seconds before every process of the run is killed.
+            progress: told the seconds elapsed and the output so far, every few seconds.
 
         Returns:
-            The outcome; code that raises or exits non-zero is a normal result.
+            The outcome and its figures; code that raises or exits non-zero is a normal
+            result.
 
         Raises:
             SandboxNotFound: no such sandbox, or it stopped or was removed.
@@ -400,10 +428,23 @@ class SandboxManager:
             )
         # One execution at a time per sandbox: cleaning up after a run kills every
         # process of the sandbox's user, so two runs must not share a sandbox.
+        report = None
+        if progress is not None:
+
+            def report(elapsed: float, stdout: int, stderr: int) -> None:
+                progress(
+                    elapsed,
+                    float(timeout),
+                    f"running for {elapsed:.0f} s of at most {timeout} s; "
+                    f"{stdout:,} bytes of stdout, {stderr:,} of stderr so far",
+                )
+
         async with _busy(sandbox, sandbox.lock):
             try:
-                raw = await self._run(
-                    self._exec_limiter, self._execute_in, sandbox, payload, timeout
+                raw = await self._cancellable(
+                    self._exec_limiter,
+                    timeout + 10,
+                    lambda stop: self._execute_in(sandbox, payload, timeout, report, stop),
                 )
             except OmcpError as exc:
                 if self._sandboxes.get(sandbox_id) is not sandbox:
@@ -414,7 +455,8 @@ class SandboxManager:
         # remove_sandbox(force=True), or the engine, took it while the code ran.
         if self._sandboxes.get(sandbox_id) is not sandbox:
             raise _removed_during_run(sandbox_id)
-        return self._result(raw, timeout, sandbox.stateful)
+        figures = [Figure(str(image["mime"]), str(image["data"])) for image in raw.images]
+        return Execution(self._result(raw, timeout, sandbox.stateful), figures)
 
     async def reset_state(self, sandbox_id: str) -> ResetStateResult:
         """Drop the variables, imports and data of a stateful sandbox.
@@ -445,13 +487,19 @@ class SandboxManager:
         )
         return ResetStateResult(success=True, message=message + " Files in /sandbox are kept.")
 
-    async def install(self, sandbox_id: str, package: str, timeout: int) -> InstallResult:
+    async def install(
+        self, sandbox_id: str, package: str, timeout: int, progress: Progress | None = None
+    ) -> InstallResult:
         """Install packages into a sandbox, from an installer container.
+
+        If the caller is cancelled, the installer container is killed at once (nothing
+        new is installed) and the cancellation goes on up.
 
         Args:
             sandbox_id: the sandbox whose package volume receives them.
             package: requirement specifiers separated by spaces.
             timeout: seconds before the installer and all its processes are killed.
+            progress: told the seconds elapsed, every few seconds.
 
         Returns:
             The outcome; a failed install (unknown package, conflict, unreachable
@@ -472,10 +520,19 @@ class SandboxManager:
         sandbox.last_used = time.time()
         # Installs into one sandbox take turns (they share its volume); executions
         # and other sandboxes go on meanwhile.
+        report = None
+        if progress is not None:
+
+            def report(elapsed: float) -> None:
+                message = f"installing for {elapsed:.0f} s of at most {timeout} s"
+                progress(elapsed, float(timeout), message)
+
         async with _busy(sandbox, sandbox.install_lock):
             try:
-                raw = await self._run(
-                    self._install_limiter, self._install_in, sandbox, requirements, timeout
+                raw = await self._cancellable(
+                    self._install_limiter,
+                    timeout + 30,
+                    lambda stop: self._install_in(sandbox, requirements, timeout, report, stop),
                 )
             except OmcpError:
                 if self._sandboxes.get(sandbox_id) is not sandbox:
@@ -484,6 +541,101 @@ class SandboxManager:
         if self._sandboxes.get(sandbox_id) is not sandbox or raw.vanished:
             raise _removed_during_install(sandbox_id)
         return self._install_result(raw, requirements, timeout)
+
+    # -- files -------------------------------------------------------------------------
+
+    async def upload(
+        self,
+        sandbox_id: str,
+        path: str,
+        text: str | None = None,
+        content_base64: str | None = None,
+    ) -> UploadResult:
+        """Write a file into a sandbox (parent directories are made), replacing any file
+        of that name.
+
+        Args:
+            sandbox_id: the sandbox.
+            path: relative to /sandbox, or absolute under /sandbox or /tmp.
+            text: the content as text (written as UTF-8); or
+            content_base64: the content as base64.
+
+        Returns:
+            Where it is, its size and its SHA-256.
+
+        Raises:
+            SandboxNotFound: no such sandbox.
+            FileRefused: the path leaves the sandbox's files, goes through a link, names
+                a directory or a special file; the content is too large or the disk full.
+            InvalidArgument: not exactly one of text and content_base64, or bad base64.
+        """
+        sandbox = self._get(sandbox_id)
+        path = files.check_path(path)
+        content = files.decode_upload(text, content_base64, self.config.max_upload_size)
+        answer, _ = await self._file(sandbox, {"op": "put", "path": path, "max": 0}, content)
+        return files.upload_result(answer, content)
+
+    async def download(self, sandbox_id: str, path: str) -> files.Download:
+        """Read a whole file of a sandbox.
+
+        Args:
+            sandbox_id: the sandbox.
+            path: relative to /sandbox, or absolute under /sandbox or /tmp.
+
+        Returns:
+            Its description (text files carry their text) and its bytes.
+
+        Raises:
+            SandboxNotFound: no such sandbox.
+            FileRefused: the path leaves the sandbox's files, goes through a link, is
+                missing, a directory or a special file, or is over MAX_DOWNLOAD_SIZE.
+        """
+        sandbox = self._get(sandbox_id)
+        request = {"op": "get", "path": files.check_path(path)}
+        request["max"] = self.config.max_download_size
+        answer, data = await self._file(sandbox, request)
+        return files.download(answer, data)
+
+    async def list_files(self, sandbox_id: str, path: str = "/sandbox") -> ListFilesResult:
+        """List a directory of a sandbox, all the way down (links are shown, not followed).
+
+        Args:
+            sandbox_id: the sandbox.
+            path: the directory: relative to /sandbox, or absolute under /sandbox or /tmp.
+
+        Returns:
+            Its entries with sizes, and the room left.
+
+        Raises:
+            SandboxNotFound: no such sandbox.
+            FileRefused: the path leaves the sandbox's files, goes through a link, is
+                missing or not a directory.
+        """
+        sandbox = self._get(sandbox_id)
+        request = {"op": "list", "path": files.check_path(path), "max": 0}
+        answer, _ = await self._file(sandbox, request)
+        return files.listing(answer)
+
+    async def _file(
+        self, sandbox: Sandbox, request: dict[str, Any], content: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        sandbox.last_used = time.time()
+        # The runner takes one request at a time: a file waits for a run under way.
+        async with _busy(sandbox, sandbox.lock):
+            try:
+                answer, data = await self._run(
+                    self._exec_limiter,
+                    self._with_runner,
+                    sandbox,
+                    lambda runner: runner.file_op(request, content),
+                )
+            except OmcpError:
+                if self._sandboxes.get(sandbox.id) is not sandbox:
+                    raise _removed_during_run(sandbox.id) from None
+                raise
+        if answer.get("error"):
+            raise files.refusal(answer, self.config, request["op"])
+        return answer, data
 
     # -- helpers on the event loop -----------------------------------------------------
 
@@ -601,6 +753,12 @@ class SandboxManager:
             )
         elif stateful and raw.timed_out:
             notices.append("The interpreter was ended with the run: the next run starts fresh.")
+        if raw.images_left_out:
+            notices.append(
+                f"{raw.images_left_out} figure(s) left out: the images of one result must stay "
+                f"under IMAGE_BUDGET={format_size(self.config.image_budget)} (base64). Save "
+                f"them with savefig and get them with download_file, or draw fewer per run."
+            )
         error = raw.stderr
         if notices:
             error = (error.rstrip("\n") + "\n" if error else "") + "\n".join(
@@ -615,6 +773,16 @@ class SandboxManager:
             duration_ms=raw.duration_ms,
             truncated=raw.truncated,
             state=state,
+            images=[
+                FigureInfo(
+                    mime_type=str(image["mime"]),
+                    width=int(image["width"]),
+                    height=int(image["height"]),
+                    size=len(str(image["data"])) * 3 // 4 - str(image["data"])[-2:].count("="),
+                )
+                for image in raw.images
+            ],
+            images_left_out=raw.images_left_out,
         )
 
     async def _reconcile(self) -> None:
@@ -653,6 +821,34 @@ class SandboxManager:
 
     async def _run(self, limiter: Any, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
+
+    async def _cancellable(self, limiter: Any, longest: float, work: Callable[[Stop], T]) -> T:
+        """Run ``work`` in a worker thread; if the caller is cancelled meanwhile, stop it
+        and wait for it to end before the cancellation goes on.
+
+        Args:
+            limiter: the worker threads it may use.
+            longest: seconds the work can take at most once stopped (its own deadline).
+            work: blocking; registers on the Stop it gets how it is stopped.
+        """
+        stop = Stop()
+        ended = threading.Event()
+
+        def run() -> T:
+            try:
+                return work(stop)
+            finally:
+                ended.set()
+
+        try:
+            return await anyio.to_thread.run_sync(run, limiter=limiter, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            # The sandbox stays locked until the work has really ended: the next
+            # request must not meet the end of this one on the runner's connection.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stop.stop)  # it may call Docker
+                await anyio.to_thread.run_sync(ended.wait, longest)
+            raise
 
     # -- blocking Docker calls (worker threads) ----------------------------------------
 
@@ -797,11 +993,21 @@ class SandboxManager:
     def _orphans(self) -> list[ContainerRecord]:
         return [c for c in self._list_containers({}) if self.owner.is_orphan(c.labels)]
 
-    def _execute_in(self, sandbox: Sandbox, payload: bytes, timeout: int) -> RawExecution:
+    def _execute_in(
+        self,
+        sandbox: Sandbox,
+        payload: bytes,
+        timeout: int,
+        progress: Callable[[float, int, int], None] | None = None,
+        stop: Stop | None = None,
+    ) -> RawExecution:
         limit, guard = self.config.output_limit, memory_guard(self.config)
+        images = self.config.image_budget * 3 // 4  # the budget counts base64
         return self._with_runner(
             sandbox,
-            lambda runner: runner.execute(payload, timeout, limit, sandbox.stateful, guard),
+            lambda runner: runner.execute(
+                payload, timeout, limit, sandbox.stateful, guard, images, progress, stop
+            ),
         )
 
     def _reset_in(self, sandbox: Sandbox) -> bool:
@@ -860,7 +1066,14 @@ class SandboxManager:
         except docker.errors.NotFound:
             return {}
 
-    def _install_in(self, sandbox: Sandbox, requirements: list[str], timeout: int) -> RawInstall:
+    def _install_in(
+        self,
+        sandbox: Sandbox,
+        requirements: list[str],
+        timeout: int,
+        progress: Callable[[float], None] | None = None,
+        stop: Stop | None = None,
+    ) -> RawInstall:
         import docker
 
         client = self.engine.client()
@@ -879,6 +1092,8 @@ class SandboxManager:
                     timeout,
                     prepare=not sandbox.packages_ready,
                     wanted=lambda: self._sandboxes.get(sandbox.id) is sandbox,
+                    progress=progress,
+                    stop=stop,
                 )
             except docker.errors.ImageNotFound:
                 self.images.forget(self.config.docker_image)
