@@ -246,6 +246,7 @@ def add_user_site():
 SHOWN = []  # figures plt.show() took during this run, in order
 MAX_SIDE = 2048  # pixels; clients scale larger images down anyway, and they cost tokens
 MIN_SIDE = 256  # below this a chart is unreadable: leave it out rather than shrink it
+MAX_FIGURES = 20  # drawn per run at most: each takes time from the run's own timeout
 
 
 def patch_pyplot(pyplot):
@@ -372,7 +373,8 @@ def encode_figures(figures, budget):
         (images as JSON-ready dicts, how many figures were left out).
     """
     pairs = []
-    for number, figure in enumerate(figures, 1):
+    drawn = figures[:MAX_FIGURES] if budget > 0 else []
+    for number, figure in enumerate(drawn, 1):
         try:
             pairs.append((figure, render(figure, largest_dpi(figure), "png")))
         except Exception as exc:
