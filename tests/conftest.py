@@ -352,7 +352,26 @@ def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-# The six tools every server offers.
+SANDBOX_IMAGE = "omcp-py-sandbox:test"
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(docker_client: docker.DockerClient) -> str:
+    """The recommended sandbox image (numpy, pandas, matplotlib), built as a user would
+    build it: `omcp_py image build`, with this machine's CA bundle."""
+    import subprocess
+
+    args = [str(Path(sys.executable).parent / "omcp_py"), "image", "build", "--tag", SANDBOX_IMAGE]
+    ca = ca_bundle()
+    if ca is not None:
+        args += ["--ca-cert", str(ca)]
+    built = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert f"set DOCKER_IMAGE={SANDBOX_IMAGE}" in built.stdout
+    return SANDBOX_IMAGE
+
+
+# The tools every server offers.
 TOOLS = {
     "create_sandbox",
     "list_sandboxes",
@@ -360,6 +379,9 @@ TOOLS = {
     "execute_python_code",
     "install_package",
     "reset_sandbox_state",
+    "upload_file",
+    "download_file",
+    "list_files",
 }
 
 

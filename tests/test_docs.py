@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from conftest import TOOLS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -112,7 +113,7 @@ def settings_table() -> str:
 def test_api_reference_matches_the_tool_schemas() -> None:
     text = API.read_text()
     tools = _tools()
-    assert len(tools) == 6
+    assert {tool.name for tool in tools} == TOOLS
     for tool in tools:
         assert f"## `{tool.name}`" in text, f"{tool.name} has no section"
         assert _block(text, f"tool:{tool.name}") == render_tool(tool) + "\n", (

@@ -238,7 +238,7 @@ async def test_first_create_pulls_the_image_with_progress(
     env = {"DOCKER_IMAGE": registry_image, "SANDBOX_POOL_SIZE": "0"}
     async with start_server(env, cwd=tmp_path) as srv:
         with anyio.fail_after(10):  # answers at once though the image is missing
-            assert len((await srv.session.list_tools()).tools) == 6
+            assert {t.name for t in (await srv.session.list_tools()).tools} == TOOLS
         result = await srv.session.call_tool("create_sandbox", {}, progress_callback=heard)
         assert not result.is_error, result.content
         sandbox = result.structured_content["sandbox_id"]

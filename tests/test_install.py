@@ -441,3 +441,32 @@ async def test_an_unreachable_index_is_named(tmp_path: Path) -> None:
         assert result["success"] is False and result["timed_out"] is False
         assert result["error"].startswith(f"The package index {index} could not be reached")
         assert "Connection refused" in result["output"]
+
+
+async def test_a_long_install_reports_progress_and_stops_when_cancelled(
+    stalled_index: str, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    notes: list[float] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        assert total == 120 and message and "installing for" in message
+        notes.append(done)
+
+    async with start_server({"PACKAGE_INDEX_URL": stalled_index}, cwd=tmp_path) as server:
+        sid = await server.create()
+        with anyio.move_on_after(5.5):
+            await server.session.call_tool(
+                "install_package",
+                {"sandbox_id": sid, "package": "six", "timeout": 120},
+                progress_callback=progress,
+            )
+            raise AssertionError("the install ended by itself")
+        cancelled = time.monotonic()
+        assert len(notes) >= 2 and notes == sorted(set(notes)), notes
+        # The installer container goes at once, and the sandbox takes a new install.
+        assert await eventually(lambda: not _installers(docker_client), 5)
+        gone = time.monotonic() - cancelled
+        assert (await server.run(sid, "print(1)"))["output"] == "1\n"
+        again = await _install(server, sid, "six", timeout=2)
+        assert again["timed_out"] is True  # it ran: the cancelled one holds no lock
+        print(f"install: progress at {notes}; installer gone {gone:.2f} s after the cancel")

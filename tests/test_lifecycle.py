@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import (
     ENGINE_SOCKET,
+    TOOLS,
     container_exists,
     container_of,
     eventually,
@@ -64,7 +65,7 @@ async def test_docker_down_at_start(tmp_path) -> None:
     missing = tmp_path / "no-docker.sock"
     async with start_server({"DOCKER_HOST": f"unix://{missing}"}, cwd=tmp_path) as srv:
         tools = (await srv.session.list_tools()).tools
-        assert len(tools) == 6
+        assert {t.name for t in tools} == TOOLS
         message = await srv.error("create_sandbox")
         assert f"Docker engine not reachable at unix://{missing}" in message
         assert "start Docker" in message and "DOCKER_HOST" in message

@@ -19,7 +19,6 @@ pytestmark = pytest.mark.anyio
 
 BIN = Path(sys.executable).parent
 SERVER_IMAGE = "omcp_py:test"
-SANDBOX_IMAGE = "omcp-py-sandbox:test"
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -144,18 +143,6 @@ async def test_compose_service_serves_mcp(repo_copy: Path, server_image: str) ->
 
 
 # -- the recommended sandbox image -----------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def sandbox_image(docker_client: docker.DockerClient) -> str:
-    args = [str(BIN / "omcp_py"), "image", "build", "--tag", SANDBOX_IMAGE]
-    ca = ca_bundle()
-    if ca is not None:
-        args += ["--ca-cert", str(ca)]
-    built = run(args, timeout=900)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    assert f"set DOCKER_IMAGE={SANDBOX_IMAGE}" in built.stdout
-    return SANDBOX_IMAGE
 
 
 async def test_sandbox_image_runs_the_data_stack(sandbox_image: str, docker_client, tmp_path):
