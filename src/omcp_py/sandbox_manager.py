@@ -426,8 +426,6 @@ class SandboxManager:
                 f"timeout={timeout} is out of range: use 1 to {self.config.max_execution_timeout} "
                 f"seconds (MAX_EXECUTION_TIMEOUT)."
             )
-        # One execution at a time per sandbox: cleaning up after a run kills every
-        # process of the sandbox's user, so two runs must not share a sandbox.
         report = None
         if progress is not None:
 
@@ -439,6 +437,8 @@ class SandboxManager:
                     f"{stdout:,} bytes of stdout, {stderr:,} of stderr so far",
                 )
 
+        # One execution at a time per sandbox: cleaning up after a run kills every
+        # process of the sandbox's user, so two runs must not share a sandbox.
         async with _busy(sandbox, sandbox.lock):
             try:
                 raw = await self._cancellable(
@@ -492,8 +492,8 @@ class SandboxManager:
     ) -> InstallResult:
         """Install packages into a sandbox, from an installer container.
 
-        If the caller is cancelled, the installer container is killed at once (nothing
-        new is installed) and the cancellation goes on up.
+        If the caller is cancelled, the installer container is killed at once and the
+        cancellation goes on up.
 
         Args:
             sandbox_id: the sandbox whose package volume receives them.

@@ -13,15 +13,21 @@ from hypothesis import strategies as st
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.parametrize(
-    "bad_id",
-    ["nope", "../x", "a" * 300, "ünïcødé", "omcp-", "0123456789ab", "'; rm -rf /"],
-)
-async def test_unknown_ids_are_not_found(server: Server, bad_id: str) -> None:
-    message = await server.error("execute_python_code", {"sandbox_id": bad_id, "code": "1"})
-    assert ("No sandbox" in message) or ("sandbox_id" in message)
-    message = await server.error("remove_sandbox", {"sandbox_id": bad_id, "force": True})
-    assert ("No sandbox" in message) or ("sandbox_id" in message)
+BAD_IDS = ["nope", "../x", "a" * 300, "ünïcødé", "omcp-", "0123456789ab", "'; rm -rf /"]
+
+
+async def test_unknown_ids_are_not_found(server: Server) -> None:
+    # One server for all of them: the ids are checked before any sandbox is touched.
+    for bad_id in BAD_IDS:
+        for tool, args in (
+            ("execute_python_code", {"code": "1"}),
+            ("remove_sandbox", {"force": True}),
+            ("download_file", {"path": "a.txt"}),
+            ("upload_file", {"path": "a.txt", "text": "x"}),
+            ("list_files", {}),
+        ):
+            message = await server.error(tool, {"sandbox_id": bad_id, **args})
+            assert ("No sandbox" in message) or ("sandbox_id" in message), (tool, bad_id)
 
 
 async def test_other_containers_ids_and_names_are_not_sandboxes(
