@@ -11,12 +11,11 @@ import binascii
 import hashlib
 import mimetypes
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from omcp_py.config import SandboxConfig, format_size
 from omcp_py.errors import EngineError, FileRefused, InvalidArgument, OmcpError
-from omcp_py.models import DownloadResult, FileEntry, ListFilesResult, UploadResult
+from omcp_py.models import DownloadResult, FileEntry, ListFilesResult, UploadResult, utc_iso
 
 MAX_PATH = 4096
 WHERE = (
@@ -173,7 +172,7 @@ def listing(answer: dict[str, Any]) -> ListFilesResult:
             path=str(item["path"]),
             type=str(item["type"]),
             size=int(item["size"]),
-            modified=_iso(float(item["modified"])),
+            modified=utc_iso(float(item["modified"])),
             target=item.get("target"),
         )
         for item in answer.get("entries") or []
@@ -186,7 +185,3 @@ def listing(answer: dict[str, Any]) -> ListFilesResult:
         truncated=bool(answer.get("truncated")),
         free_bytes=int(answer.get("free") or 0),
     )
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")

@@ -26,6 +26,7 @@ from pydantic import Field
 from omcp_py import __version__, content
 from omcp_py.config import SandboxConfig, load_config
 from omcp_py.errors import ConfigError, OmcpError
+from omcp_py.files import MAX_PATH
 from omcp_py.models import (
     CreateSandboxResult,
     DownloadResult,
@@ -58,7 +59,7 @@ FilePath = Annotated[
     Field(
         description="Relative to /sandbox (the working directory), or absolute under /sandbox "
         "or /tmp; '..' and symbolic links are refused.",
-        max_length=4096,
+        max_length=MAX_PATH,
     ),
 ]
 
@@ -347,7 +348,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             Field(
                 description="The directory: relative to /sandbox, or absolute under /sandbox "
                 "or /tmp.",
-                max_length=4096,
+                max_length=MAX_PATH,
             ),
         ] = "/sandbox",
     ) -> ListFilesResult:

@@ -1,6 +1,13 @@
 """Tool results: pydantic models, so every tool has an output schema."""
 
+from datetime import datetime, timezone
+
 from pydantic import BaseModel, Field
+
+
+def utc_iso(epoch: float) -> str:
+    """A Unix time as the results write it: ISO 8601, UTC, to the second."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
 
 
 class CreateSandboxResult(BaseModel):

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import partial
 from typing import Any, TypeVar
 
@@ -59,6 +58,7 @@ from omcp_py.models import (
     ResetStateResult,
     SandboxInfo,
     UploadResult,
+    utc_iso,
 )
 from omcp_py.ownership import Owner
 from omcp_py.packages import explain_failure, parse_requirements, pip_arguments
@@ -85,10 +85,6 @@ class Execution:
 
     result: ExecutionResult
     figures: list[Figure] = field(default_factory=list)
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -326,8 +322,8 @@ class SandboxManager:
         return CreateSandboxResult(
             success=True,
             sandbox_id=sandbox.id,
-            created_at=_iso(sandbox.created),
-            last_used=_iso(sandbox.last_used),
+            created_at=utc_iso(sandbox.created),
+            last_used=utc_iso(sandbox.last_used),
             timeout=sandbox.timeout,
             stateful=sandbox.stateful,
         )
@@ -354,8 +350,8 @@ class SandboxManager:
             items.append(
                 SandboxInfo(
                     id=sandbox.id,
-                    created_at=_iso(sandbox.created),
-                    last_used=_iso(sandbox.last_used),
+                    created_at=utc_iso(sandbox.created),
+                    last_used=utc_iso(sandbox.last_used),
                     status="busy" if sandbox.busy else "idle" if expired else "active",
                     idle_seconds=round(sandbox.idle_seconds(now), 1),
                     timeout=sandbox.timeout,
@@ -591,8 +587,11 @@ class SandboxManager:
                 missing, a directory or a special file, or is over MAX_DOWNLOAD_SIZE.
         """
         sandbox = self._get(sandbox_id)
-        request = {"op": "get", "path": files.check_path(path)}
-        request["max"] = self.config.max_download_size
+        request = {
+            "op": "get",
+            "path": files.check_path(path),
+            "max": self.config.max_download_size,
+        }
         answer, data = await self._file(sandbox, request)
         return files.download(answer, data)
 
@@ -883,7 +882,7 @@ class SandboxManager:
         now = time.time()
         labels = self.owner.labels() | {
             ownership.SANDBOX_ID: sandbox_id,
-            ownership.CREATED: _iso(now),
+            ownership.CREATED: utc_iso(now),
             ownership.ROLE: "sandbox",
         }
         kwargs = sandbox_run_kwargs(self.config, labels, packages_volume(sandbox_id))
