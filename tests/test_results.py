@@ -96,6 +96,14 @@ async def test_three_figures_come_back_as_images_in_order(sandbox_image: str, tm
         second = await run_tool(server, stateful, "print(len(plt.get_fignums()))")
         assert second.structured_content["output"] == "0\n" and image_blocks(second) == []
 
+        # At most 20 figures are drawn per run (each takes time from the run's timeout);
+        # the rest are counted and said, even when they would fit the budget.
+        many = "for i in range(22):\n    plt.figure(figsize=(2.6, 2.6)); plt.plot([i, 0])\n"
+        crowded = await run_tool(server, stateful, many)
+        assert len(image_blocks(crowded)) == 20, crowded.structured_content
+        assert crowded.structured_content["images_left_out"] == 2
+        assert "2 figure(s) left out" in crowded.structured_content["error"]
+
 
 async def test_a_huge_figure_is_scaled_to_fit(sandbox_image: str, tmp_path: Path) -> None:
     code = (
