@@ -26,7 +26,7 @@ import docker
 import pytest
 from conftest import Server, eventually, start_server
 
-pytestmark = pytest.mark.anyio
+from omcp_py.networks import host_address
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 ROLE_INSTALLER = "omcp_py.role=installer"
@@ -134,7 +134,7 @@ def wheelhouse(tmp_path: Path) -> Path:
 
 def _gateway(client: docker.DockerClient, network: str = "bridge") -> str:
     """The host's address as containers on ``network`` reach it."""
-    return client.networks.get(network).attrs["IPAM"]["Config"][0]["Gateway"]
+    return host_address(client.networks.get(network).attrs)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

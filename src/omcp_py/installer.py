@@ -197,7 +197,7 @@ class Installer:
                 raw = api.logs(container.id, stdout=True, stderr=True)
                 output = raw[-_LOG_CAP:].decode("utf-8", errors="replace")
                 inspected = api.inspect_container(container.id)
-                state["oom_killed"] = bool(inspected["State"]["OOMKilled"])
+                state["oom_killed"] = bool((inspected.get("State") or {}).get("OOMKilled"))
             except docker.errors.APIError as exc:
                 # 404, or 409 "marked for removal": remove_sandbox took it meanwhile.
                 if exc.status_code not in (404, 409):
