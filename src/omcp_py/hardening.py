@@ -41,8 +41,11 @@ def packages_volume(sandbox_id: str) -> str:
 
 
 def _tmpfs(size: int, mode: str, owned: bool) -> str:
-    # nosuid/nodev: nothing on a tmpfs can gain privileges or open a device.
-    options = f"rw,nosuid,nodev,size={size},mode={mode}"
+    # noexec/nosuid/nodev: nothing written at run time can be executed, gain
+    # privileges or open a device. Docker adds these to --tmpfs mounts by default; other
+    # engines (Podman) may not, so they are written out. Code that must load compiled
+    # code installs it into the package volume, which is not noexec.
+    options = f"rw,noexec,nosuid,nodev,size={size},mode={mode}"
     return options + (",uid=1000,gid=1000" if owned else "")
 
 
