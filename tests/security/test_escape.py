@@ -1,8 +1,9 @@
 """Escape and leaks, checked from inside: no network, no writes outside the tmpfs, no
 privilege, no namespaces or modules, no secret of the server, no way to the host."""
 
+import os
+
 import anyio
-import pytest
 from conftest import (
     Case,
     Server,
@@ -11,8 +12,6 @@ from conftest import (
     start_server,
     user_processes,
 )
-
-pytestmark = pytest.mark.anyio
 
 
 async def test_no_network_but_loopback(server: Server, sandbox: str) -> None:
@@ -54,6 +53,57 @@ async def test_root_filesystem_is_read_only(server: Server, sandbox: str, docker
     container = container_of(docker_client, sandbox)
     probe = container.exec_run(["python3", "-c", "open('/x', 'w')"], user="0")
     assert probe.exit_code != 0 and b"Read-only file system" in probe.output, probe
+
+
+async def test_nothing_written_at_run_time_can_be_executed(server: Server, sandbox: str) -> None:
+    # A binary and a script copied into each writable place and made executable: exec
+    # fails (directly and through subprocess), while the same binary on the image runs
+    # (the check can fail). Linux also refuses to map a library from there; gVisor
+    # maps it (its mmap ignores noexec: docs/security.md).
+    result = await server.run(
+        sandbox,
+        "import ctypes, glob, os, shutil, stat, subprocess, sys\n"
+        "lib = sorted(glob.glob(sys.base_prefix + '/lib/python3*/lib-dynload/*.so'))[0]\n"
+        "print('image', subprocess.run(['/bin/true']).returncode)\n"
+        "for where in ['/tmp', '/sandbox', os.environ['HOME']]:\n"
+        "    binary, script = where + '/true', where + '/run.sh'\n"
+        "    shutil.copy('/bin/true', binary)\n"
+        "    open(script, 'w').write('#!/bin/sh\\necho RAN\\n')\n"
+        "    for path in (binary, script):\n"
+        "        os.chmod(path, 0o755)\n"
+        "        try:\n"
+        "            subprocess.run([path]); print('RAN', path)\n"
+        "        except PermissionError:\n"
+        "            print('refused', path)\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        try:\n"
+        "            os.execv(binary, [binary])\n"
+        "        except PermissionError:\n"
+        "            os._exit(13)\n"
+        "    print('execv', where, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+        "    shutil.copy(lib, where + '/lib.so')\n"
+        "    try:\n"
+        "        ctypes.CDLL(where + '/lib.so'); print('MAPPED', where)\n"
+        "    except OSError:\n"
+        "        print('no map', where)\n"
+        "mounts = [line.split() for line in open('/proc/mounts')]\n"
+        "for where in ['/tmp', '/sandbox', os.environ['HOME'], '/opt/omcp/packages']:\n"
+        "    options = [m[3] for m in mounts if m[1] == where][-1].split(',')\n"
+        "    print('mount', where, 'noexec' in options)\n",
+    )
+    lines = result["output"].splitlines()
+    assert "RAN" not in result["output"], result
+    assert lines[0] == "image 0", result
+    gvisor = "runsc" in os.environ.get("SANDBOX_RUNTIME", "")
+    for where in ("/tmp", "/sandbox", "/home/sandbox"):
+        assert f"refused {where}/true" in lines and f"refused {where}/run.sh" in lines, result
+        assert f"execv {where} 13" in lines, result
+        assert gvisor or f"no map {where}" in lines, result
+        assert f"mount {where} True" in lines, result
+    # The package volume is where compiled extensions live: it must not be noexec
+    # (test_install.py loads one from there).
+    assert "mount /opt/omcp/packages False" in lines, result
 
 
 async def test_unprivileged_user_without_capabilities(server: Server, sandbox: str) -> None:
