@@ -1,6 +1,7 @@
 """Shared test machinery: the real server over stdio, through the real MCP client,
 against the real Docker engine (the CI script starts it)."""
 
+import asyncio
 import contextlib
 import json
 import os
@@ -114,9 +115,39 @@ async def start_server(
                 SERVER_PEAKS_MB.append(peak_rss_mb(server.pid))  # while it still runs
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+class Held:
+    """An async context manager kept open by a task of its own, for fixtures.
+
+    pytest-asyncio runs a fixture's setup and teardown in different tasks, while the
+    MCP client's task groups must be exited by the task that entered them
+    (pytest-dev/pytest-asyncio#1191): the task here enters and exits it.
+    """
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+        self._release = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def enter(self) -> Any:
+        ready: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def hold() -> None:
+            try:
+                async with self._manager as value:
+                    ready.set_result(value)
+                    await self._release.wait()
+            except BaseException as exc:
+                if ready.done():
+                    raise
+                ready.set_exception(exc)
+
+        self._task = asyncio.create_task(hold())
+        return await ready
+
+    async def exit(self) -> None:
+        self._release.set()
+        if self._task is not None:
+            await self._task
 
 
 @pytest.fixture(scope="session")
@@ -131,8 +162,9 @@ def docker_client() -> docker.DockerClient:
 
 @pytest.fixture
 async def server(docker_client: docker.DockerClient, tmp_path: Path) -> AsyncIterator[Server]:
-    async with start_server(cwd=tmp_path) as srv:
-        yield srv
+    held = Held(start_server(cwd=tmp_path))
+    yield await held.enter()
+    await held.exit()
 
 
 @pytest.fixture

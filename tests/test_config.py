@@ -98,3 +98,22 @@ def test_sample_env_matches_the_model() -> None:
     assert found == expected
     # Every documented default is itself a valid value.
     SandboxConfig(**{n.lower(): v for n, (v, _) in found.items() if v})
+
+
+def test_empty_settings_are_said_at_start(tmp_path: Path) -> None:
+    # Empty means "use the default"; the server says so rather than pass it silently.
+    (tmp_path / ".env").write_text("SANDBOX_TIMEOUT=\nMAX_SANDBOXES=3\n")
+    env = {"PATH": "/usr/bin:/bin", "DOCKER_IMAGE": "", "SANDBOX_POOL_SIZE": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "omcp_py"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        text=True,
+    )
+    assert proc.stdout == "", proc.stdout
+    assert "DOCKER_IMAGE is empty: using the default python:3.11-slim" in proc.stderr
+    assert "SANDBOX_TIMEOUT is empty: using the default 300" in proc.stderr
+    assert "MAX_SANDBOXES" not in proc.stderr and "SANDBOX_POOL_SIZE" not in proc.stderr

@@ -1,10 +1,7 @@
 """Executions never hang, never flood, never block one another."""
 
 import anyio
-import pytest
 from conftest import Server
-
-pytestmark = pytest.mark.anyio
 
 
 async def test_a_long_run_blocks_nothing_else(server: Server) -> None:

@@ -18,8 +18,6 @@ from mcp.client.stdio import StdioServerParameters
 
 from omcp_py.docker_host import candidates, current_context
 
-pytestmark = pytest.mark.anyio
-
 BIN = Path(sys.executable).parent
 # What Claude Desktop passes to a server it starts (on Linux and macOS): no DOCKER_HOST,
 # no virtual environment, a short PATH, and `/` as the working directory.

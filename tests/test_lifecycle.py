@@ -24,8 +24,6 @@ from conftest import (
     start_server,
 )
 
-pytestmark = pytest.mark.anyio
-
 
 async def test_reaper_removes_idle_sandboxes(tmp_path, docker_client) -> None:
     async with start_server({"REAPER_INTERVAL": "1"}, cwd=tmp_path) as srv:

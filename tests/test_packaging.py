@@ -15,8 +15,6 @@ from mcp.client.stdio import StdioServerParameters
 
 from omcp_py.config import documented_settings
 
-pytestmark = pytest.mark.anyio
-
 BIN = Path(sys.executable).parent
 SERVER_IMAGE = "omcp_py:test"
 

@@ -98,7 +98,6 @@ def test_stdout_carries_only_the_protocol(tmp_path: Path, docker_client) -> None
         container.reload()
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("command", ["omcp_py", "omcp-py"])
 async def test_console_scripts_serve_over_stdio(command: str, tmp_path: Path) -> None:
     params = StdioServerParameters(command=str(BIN / command), cwd=tmp_path)
@@ -108,7 +107,6 @@ async def test_console_scripts_serve_over_stdio(command: str, tmp_path: Path) ->
         assert "execute_python_code" in names
 
 
-@pytest.mark.anyio
 async def test_uvx_from_the_checkout_serves_over_stdio(tmp_path: Path) -> None:
     uvx = shutil.which("uvx", path=str(BIN)) or shutil.which("uvx")
     assert uvx, "uvx is needed (uv is a dev dependency)"

@@ -30,8 +30,6 @@ from conftest import (
     user_processes,
 )
 
-pytestmark = pytest.mark.anyio
-
 BUDGET = 800 * 1024  # IMAGE_BUDGET's default, in base64 characters
 
 

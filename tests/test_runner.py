@@ -6,10 +6,7 @@ from pathlib import Path
 
 import anyio
 import docker
-import pytest
 from conftest import Server, container_of, eventually, processes_in, start_server
-
-pytestmark = pytest.mark.anyio
 
 
 def _leftovers(container) -> list[str]:

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 from conftest import container_of, start_server
 
-pytestmark = pytest.mark.anyio
-
 KERNEL = "import platform; print(platform.release())"
 
 

@@ -5,8 +5,6 @@ from datetime import datetime
 import pytest
 from conftest import TOOLS, Server, ToolFailed, start_server
 
-pytestmark = pytest.mark.anyio
-
 
 async def test_tools_list_describes_every_tool(server: Server) -> None:
     tools = {t.name: t for t in (await server.session.list_tools()).tools}

@@ -4,6 +4,7 @@ Each field's description is the documentation: README's settings table and
 ``sample.env`` are checked against this model by a test.
 """
 
+import os
 import re
 from typing import Annotated, Literal
 
@@ -299,6 +300,25 @@ def _describe(exc: ValidationError) -> str:
         else:
             lines.append(f"invalid settings: {message}")
     return "\n".join(lines)
+
+
+def empty_settings(env_file: str = ".env") -> list[tuple[str, str]]:
+    """The settings given as empty strings, which mean "use the default".
+
+    Returns:
+        (variable, default as written) for each, from the environment or ``.env``, so
+        that the server can say so at start: ``DOCKER_IMAGE=`` by mistake is not silent.
+    """
+    from dotenv import dotenv_values
+
+    given = {name.lower(): value for name, value in dotenv_values(env_file).items()}
+    given |= {name.lower(): value for name, value in os.environ.items()}
+    defaults = {variable: default for variable, default, _ in documented_settings()}
+    return [
+        (variable, defaults[variable])
+        for variable in defaults
+        if given.get(variable.lower(), None) == ""
+    ]
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

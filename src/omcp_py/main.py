@@ -24,7 +24,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from omcp_py import __version__, content
-from omcp_py.config import SandboxConfig, load_config
+from omcp_py.config import SandboxConfig, empty_settings, load_config
 from omcp_py.errors import ConfigError, OmcpError
 from omcp_py.files import MAX_PATH
 from omcp_py.models import (
@@ -360,17 +360,19 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
         """
         return await _manager(ctx).list_files(sandbox_id, path)
 
-    _refuse_unknown_arguments(server)
+    _strict_arguments(server)
     return server
 
 
-def _refuse_unknown_arguments(server: MCPServer) -> None:
-    """Make every tool refuse arguments it does not have, naming them.
+def _strict_arguments(server: MCPServer) -> None:
+    """Make every tool refuse arguments it does not have, or of another type, naming them.
 
     The SDK's argument models ignore unknown keys, so a misspelt ``timout`` would pass
     unnoticed and the default would apply. The schema then also says
-    ``additionalProperties: false`` to the client. MCPServer has no public switch for
-    this; ``mcp`` is pinned below 3, and a test calls a tool with an unknown argument.
+    ``additionalProperties: false`` to the client. They are also lax: ``"30"`` would
+    pass as the integer 30 and ``true`` as 1 second; strict, an argument is what its
+    schema says. MCPServer has no public switch for this; ``mcp`` is pinned below 3,
+    and tests call tools with unknown and mistyped arguments.
     """
     from pydantic import ConfigDict
 
@@ -379,7 +381,7 @@ def _refuse_unknown_arguments(server: MCPServer) -> None:
         strict = type(
             loose.__name__,
             (loose,),
-            {"model_config": ConfigDict(**loose.model_config, extra="forbid")},
+            {"model_config": ConfigDict(**loose.model_config, extra="forbid", strict=True)},
         )
         tool.fn_metadata.arg_model = strict
         tool.parameters = strict.model_json_schema(by_alias=True)
@@ -434,6 +436,8 @@ def run_stdio() -> None:
         print(f"omcp_py: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(config.effective_log_level)
+    for variable, default in empty_settings():
+        log.info("%s is empty: using the default %s", variable, default)
     cleaned_up = threading.Event()
     server = create_server(config, cleaned_up)
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during cleanup

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 pytestmark = [
-    pytest.mark.anyio,
     # Hostile arguments are refused by the server before any sandbox sees them: the
     # runtime cannot change the outcome, so the gVisor run of the suite leaves them out.
     pytest.mark.skipif(
@@ -88,6 +87,31 @@ async def test_unknown_parameters_are_refused_by_name(server: Server, sandbox: s
     assert "verbose" in message
 
 
+async def test_arguments_are_what_their_schema_says(server: Server, sandbox: str, docker_client):
+    # Strict: no string read as a number, no boolean as an integer or the reverse. Each
+    # error names the argument and the type it must have; nothing is created.
+    before = _containers_of(docker_client, server)
+    for tool, args, name, kind in (
+        ("create_sandbox", {"timeout": "30"}, "timeout", "integer"),
+        ("create_sandbox", {"timeout": True}, "timeout", "integer"),
+        ("create_sandbox", {"stateful": "true"}, "stateful", "boolean"),
+        ("create_sandbox", {"stateful": 1}, "stateful", "boolean"),
+        (
+            "execute_python_code",
+            {"sandbox_id": sandbox, "code": "1", "timeout": "30"},
+            "timeout",
+            "integer",
+        ),
+        ("execute_python_code", {"sandbox_id": sandbox, "code": 1}, "code", "string"),
+        ("remove_sandbox", {"sandbox_id": sandbox, "force": "yes"}, "force", "boolean"),
+        ("list_files", {"sandbox_id": 5}, "sandbox_id", "string"),
+    ):
+        message = await server.error(tool, args)
+        assert name in message and f"valid {kind}" in message, (tool, args, message)
+    assert _containers_of(docker_client, server) == before
+    assert (await server.run(sandbox, "print('ok')"))["output"] == "ok\n"
+
+
 # -- property-based: any argument of a wrong type, or any unknown one, is refused -------
 
 _JSON = st.recursive(
@@ -100,7 +124,8 @@ _JSON = st.recursive(
 
 
 def _wrong_for(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
-    """Values no lax reading of this property's type accepts."""
+    """Values of another JSON type than the property's (arguments are validated
+    strictly: "30" is not an integer, true is not a number, 1 is not a boolean)."""
     kind = schema.get("type")
     structured = st.lists(_JSON, min_size=1, max_size=3) | st.dictionaries(
         st.text(min_size=1, max_size=5), _JSON, min_size=1, max_size=3
@@ -108,12 +133,13 @@ def _wrong_for(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     if kind == "string":
         return st.none() | st.integers() | st.floats(allow_nan=False) | st.booleans() | structured
     if kind == "integer":
-        letters = st.text(alphabet="abcxyz!? ", min_size=1, max_size=8)
-        return st.none() | letters | st.floats(min_value=0.1, max_value=0.9) | structured
+        numeric = st.integers(min_value=1, max_value=10**6).map(str)
+        texts = numeric | st.text(alphabet="abcxyz!? ", min_size=1, max_size=8)
+        fractions = st.floats(min_value=0.1, max_value=0.9)
+        return st.none() | texts | st.booleans() | fractions | structured
     if kind == "boolean":
-        return (
-            st.none() | st.integers(min_value=2) | st.text(alphabet="qwx", min_size=1) | structured
-        )
+        texts = st.sampled_from(["true", "false", "1", "0"]) | st.text(min_size=1, max_size=8)
+        return st.none() | st.integers() | texts | structured
     return structured
 
 

@@ -5,10 +5,7 @@ planted (links, FIFOs, sockets) is made by code in the sandbox, as an attacker w
 import base64
 
 import anyio
-import pytest
 from conftest import Server
-
-pytestmark = pytest.mark.anyio
 
 PLANT = """
 import os, socket

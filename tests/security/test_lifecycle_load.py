@@ -19,8 +19,6 @@ from conftest import (
     start_server,
 )
 
-pytestmark = pytest.mark.anyio
-
 
 async def test_max_sandboxes_holds_under_concurrent_creates(tmp_path, docker_client) -> None:
     async with start_server({"MAX_SANDBOXES": "10"}, cwd=tmp_path) as srv:

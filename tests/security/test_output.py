@@ -1,10 +1,7 @@
 """Attacks through output: floods, binary and invalid UTF-8, control characters, text
 that looks like the protocol. Output is capped data; the server's memory stays bounded."""
 
-import pytest
 from conftest import Server, peak_rss_mb
-
-pytestmark = pytest.mark.anyio
 
 
 async def test_a_100_mb_flood_is_truncated(server: Server, sandbox: str) -> None:

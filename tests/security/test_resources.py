@@ -5,8 +5,6 @@ import anyio
 import pytest
 from conftest import Case, Server, container_of, eventually, processes_in
 
-pytestmark = pytest.mark.anyio
-
 
 async def test_memory_limit_kills_the_hog_and_says_so(server: Server, sandbox: str) -> None:
     result = await server.run(

@@ -1,11 +1,7 @@
 """Attacks on time: code that will not stop. Each result comes within its timeout plus
 5 s, says it timed out, and nothing the run started is left in the sandbox."""
 
-import pytest
 from conftest import Case, Server, container_of, eventually, user_processes
-
-pytestmark = pytest.mark.anyio
-
 
 STUBBORN = """
 import signal, subprocess, sys
