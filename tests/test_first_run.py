@@ -24,6 +24,11 @@ BIN = Path(sys.executable).parent
 BARE_PATH = "/usr/bin:/bin"
 
 
+# Settings the suite itself runs under (SANDBOX_RUNTIME=runsc for its gVisor leg):
+# doctor rightly passes them on to the client's config too.
+SUITE_SETTINGS = {name: os.environ[name] for name in ("SANDBOX_RUNTIME",) if name in os.environ}
+
+
 def doctor(env: dict[str, str] | None = None, cwd: Path | None = None):
     proc = subprocess.run(
         [str(BIN / "omcp_py"), "doctor"],
@@ -96,7 +101,8 @@ def test_doctor_names_a_missing_image_and_how_to_get_it(docker_client) -> None:
     assert "omcp_py image build" in proc.stdout
     assert "[skip] a real sandbox" in proc.stdout
     # The setting is passed on to the client, which does not read our .env.
-    assert claude_config(proc.stdout)["env"] == {"DOCKER_IMAGE": "omcp-test/not-here:1"}
+    expected = {"DOCKER_IMAGE": "omcp-test/not-here:1"} | SUITE_SETTINGS
+    assert claude_config(proc.stdout)["env"] == expected
 
 
 def test_doctor_reports_invalid_settings() -> None:
@@ -151,7 +157,7 @@ async def test_the_engine_of_the_docker_context_is_found(tmp_path: Path, docker_
     proc = doctor(env)
     assert proc.returncode == 0, proc.stdout
     assert f"answers at {url} (docker context 'colima')" in proc.stdout
-    assert claude_config(proc.stdout)["env"] == {"DOCKER_HOST": url}
+    assert claude_config(proc.stdout)["env"] == {"DOCKER_HOST": url} | SUITE_SETTINGS
     # The server finds it too, with no DOCKER_HOST.
     async with start_server({"HOME": str(home)}, cwd=tmp_path) as srv:
         sandbox = await srv.create()
