@@ -40,10 +40,21 @@ def execution(outcome: Execution) -> CallToolResult:
 
 
 def download(got: Download) -> CallToolResult:
-    """A downloaded file: text is in the result itself; an image or other bytes follow it."""
+    """A downloaded file: text is in the result itself; an image or other bytes follow it.
+
+    Text goes once in the structured result and once as a plain text block after the
+    JSON of the rest: not escaped twice inside the JSON text (a file of newlines and
+    quotes would double in size).
+    """
     result = got.result
     if result.kind == "text":
-        return with_blocks(result, [])
+        summary = TextContent(
+            type="text", text=to_json(result, indent=2, exclude={"text"}).decode()
+        )
+        return CallToolResult(
+            content=[summary, TextContent(type="text", text=result.text or "")],
+            structured_content=result.model_dump(mode="json"),
+        )
     data = base64.b64encode(got.data).decode("ascii")
     if result.kind == "image":
         block: ContentBlock = ImageContent(type="image", data=data, mime_type=result.mime_type)

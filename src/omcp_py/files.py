@@ -121,6 +121,12 @@ def refusal(answer: dict[str, Any], config: SandboxConfig, op: str) -> OmcpError
             f"{format_size(config.sandbox_tmp_size)} for /tmp): delete files there first."
         ),
         "permission": "The sandbox's user may not write there: pick a path under /sandbox.",
+        "busy": (
+            f"The sandbox is at its process limit (SANDBOX_PIDS_LIMIT="
+            f"{config.sandbox_pids_limit}): the code's processes and threads take every one. "
+            f"End them (reset_sandbox_state ends a stateful interpreter and all it started), "
+            f"then try again."
+        ),
         "invalid": f"{WHERE}.",
     }
     if kind in fixes:
@@ -148,10 +154,7 @@ def download(answer: dict[str, Any], data: bytes) -> Download:
         kind = "image"
     else:
         guessed = mimetypes.guess_type(path)[0]
-        try:
-            text = data.decode("utf-8") if b"\x00" not in data else None
-        except UnicodeDecodeError:
-            text = None
+        text = as_text(data)
         kind = "text" if text is not None else "binary"
         mime = guessed or ("text/plain" if kind == "text" else "application/octet-stream")
     result = DownloadResult(
@@ -164,6 +167,25 @@ def download(answer: dict[str, Any], data: bytes) -> Download:
         text=text,
     )
     return Download(result=result, data=data)
+
+
+# A control character other than tab, newline and carriage return is six bytes as
+# JSON writes it: a file of them would travel at six times its size.
+_CONTROL = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
+
+
+def as_text(data: bytes) -> str | None:
+    """The file as text, when it is UTF-8 that stays about its size as JSON; else None
+    (it then travels as bytes, base64: a third larger, whatever it holds)."""
+    if b"\x00" in data:
+        return None
+    controls = len(data) - len(data.translate(None, _CONTROL))
+    if controls * 5 > len(data) // 20 + 64:  # JSON escapes add more than 5% (+64 bytes)
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def listing(answer: dict[str, Any]) -> ListFilesResult:

@@ -23,7 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from omcp_py import __version__, content
+from omcp_py import __version__, content, transport
 from omcp_py.config import SandboxConfig, empty_settings, load_config
 from omcp_py.errors import ConfigError, OmcpError
 from omcp_py.files import MAX_PATH
@@ -67,7 +67,11 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def tool_errors(fn: F) -> F:
-    """Report the manager's failures as tool errors (isError) with their own message."""
+    """Report the manager's failures as tool errors (isError) with their own message.
+
+    Whatever a result or message holds, the transport makes it encodable
+    (``transport.EncodableWriter``).
+    """
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -409,7 +413,7 @@ async def serve(server: MCPServer, cleaned_up: threading.Event) -> None:
     async with anyio.create_task_group() as tg:
         if sys.platform != "win32":
             tg.start_soon(_stop_on_signal, tg.cancel_scope, cleaned_up)
-        await server.run_stdio_async()
+        await transport.run_stdio(server)
         tg.cancel_scope.cancel()
 
 

@@ -155,6 +155,7 @@ class ListFilesResult(BaseModel):
     entries: list[FileEntry] = Field(description="Everything under it, sorted by path.")
     count: int = Field(description="How many entries are listed.")
     truncated: bool = Field(
-        description="True when there were more than 1000 entries and the rest is left out."
+        description="True when the listing was cut (over 1000 entries or about 512 KiB of names "
+        "and link targets): the rest is left out.",
     )
     free_bytes: int = Field(description="Room left on the filesystem of that directory, in bytes.")

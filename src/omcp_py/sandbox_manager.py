@@ -23,6 +23,7 @@ import anyio
 import anyio.to_thread
 
 from omcp_py import files, ownership
+from omcp_py.boundary import MAX_FIGURES, Figure
 from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig, format_size
 from omcp_py.engine import Engine
@@ -69,14 +70,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _ID = re.compile(r"^[0-9a-f]{12}$")
-
-
-@dataclass
-class Figure:
-    """One figure of a run, encoded: what the client gets as an image content block."""
-
-    mime_type: str
-    data: str  # base64
 
 
 @dataclass
@@ -301,7 +294,23 @@ class SandboxManager:
                 )
             sandbox = self.pool.take()
             if sandbox is not None:
-                break
+                # Removed behind our back (docker rm, a prune, an engine restart) since
+                # it was made: dropped, and another one taken or made.
+                # Counted as being created while it is checked: no await may leave it
+                # uncounted, or concurrent creates would pass MAX_SANDBOXES.
+                self._creating.add(sandbox.id)
+                try:
+                    alive = await self._control(self._alive, sandbox)
+                except OmcpError:
+                    self.pool.ready.insert(0, sandbox)  # the engine's fault, not the sandbox's
+                    raise
+                finally:
+                    self._creating.discard(sandbox.id)
+                if alive:
+                    break
+                log.info("pool sandbox %s is no longer running: dropped", sandbox.id)
+                await self._remove_quietly(sandbox.container_id)
+                continue
             if self._containers() >= self.config.max_sandboxes:
                 # The last free slots are pool sandboxes still being made: wait for one.
                 await self.pool.changed()
@@ -451,8 +460,7 @@ class SandboxManager:
         # remove_sandbox(force=True), or the engine, took it while the code ran.
         if self._sandboxes.get(sandbox_id) is not sandbox:
             raise _removed_during_run(sandbox_id)
-        figures = [Figure(str(image["mime"]), str(image["data"])) for image in raw.images]
-        return Execution(self._result(raw, timeout, sandbox.stateful), figures)
+        return Execution(self._result(raw, timeout, sandbox.stateful), raw.figures)
 
     async def reset_state(self, sandbox_id: str) -> ResetStateResult:
         """Drop the variables, imports and data of a stateful sandbox.
@@ -753,10 +761,12 @@ class SandboxManager:
         elif stateful and raw.timed_out:
             notices.append("The interpreter was ended with the run: the next run starts fresh.")
         if raw.images_left_out:
+            why = "; ".join(raw.images_left_out_why) or "over IMAGE_BUDGET"
             notices.append(
-                f"{raw.images_left_out} figure(s) left out: the images of one result must stay "
-                f"under IMAGE_BUDGET={format_size(self.config.image_budget)} (base64). Save "
-                f"them with savefig and get them with download_file, or draw fewer per run."
+                f"{raw.images_left_out} figure(s) left out ({why}): a result carries at most "
+                f"{MAX_FIGURES} PNG or JPEG figures, under IMAGE_BUDGET="
+                f"{format_size(self.config.image_budget)} (base64) together. Save them with "
+                f"savefig and get them with download_file, or draw fewer per run."
             )
         error = raw.stderr
         if notices:
@@ -773,13 +783,8 @@ class SandboxManager:
             truncated=raw.truncated,
             state=state,
             images=[
-                FigureInfo(
-                    mime_type=str(image["mime"]),
-                    width=int(image["width"]),
-                    height=int(image["height"]),
-                    size=len(str(image["data"])) * 3 // 4 - str(image["data"])[-2:].count("="),
-                )
-                for image in raw.images
+                FigureInfo(mime_type=f.mime_type, width=f.width, height=f.height, size=f.size)
+                for f in raw.figures
             ],
             images_left_out=raw.images_left_out,
         )
@@ -1055,6 +1060,16 @@ class SandboxManager:
             f"Sandbox {sandbox.id} has stopped or was removed outside omcp_py: "
             f"create a new one with create_sandbox."
         )
+
+    def _alive(self, sandbox: Sandbox) -> bool:
+        """True when the container runs and its runner's stream is open (blocking).
+
+        Raises:
+            DockerUnavailable: the engine cannot be reached.
+        """
+        with self.engine.errors():
+            running = bool(self._container_state(sandbox.container_id).get("Running"))
+        return running and (sandbox.runner is None or sandbox.runner.open())
 
     def _container_state(self, container_id: str) -> dict[str, Any]:
         """The container's State as the engine has it; empty when it is gone."""

@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import socket
 import struct
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from omcp_py.boundary import Figure, check_figures, clean
 from omcp_py.cancel import Stop
 from omcp_py.hardening import SANDBOX_USER, python_command
 
@@ -54,9 +56,10 @@ class RawExecution:
     supervisor_lost: bool
     state: dict[str, Any] = field(default_factory=dict)
     cancelled: bool = False
-    # {"mime", "width", "height", "data" (base64)} of each figure, in order
-    images: list[dict[str, Any]] = field(default_factory=list)
+    # The run's figures, in order, checked again here (boundary.check_figures).
+    figures: list[Figure] = field(default_factory=list)
     images_left_out: int = 0
+    images_left_out_why: list[str] = field(default_factory=list)
 
 
 # Called with (seconds elapsed, bytes of stdout so far, bytes of stderr so far).
@@ -130,6 +133,23 @@ class RunnerConnection:
         self._sock = getattr(self._handle, "_sock", self._handle)
         self._docker.clear()
         self._frames.clear()
+
+    def open(self) -> bool:
+        """False when the attach stream has ended (the runner or the engine closed it);
+        True while it is open, or before the first attach."""
+        sock = self._sock
+        if sock is None:
+            return True
+        try:
+            sock.setblocking(False)
+            try:
+                return sock.recv(1, socket.MSG_PEEK) != b""
+            finally:
+                sock.setblocking(True)
+        except BlockingIOError:
+            return True  # nothing to read: open
+        except OSError:
+            return False
 
     def close(self) -> None:
         """Drop the connection; the runner keeps running and the next call re-attaches."""
@@ -214,23 +234,7 @@ class RunnerConnection:
                 truncated=bool(collected.stdout.dropped or collected.stderr.dropped),
                 supervisor_lost=True,
             )
-        dropped_out, dropped_err = reply.get("dropped", [0, 0])
-        collected.stdout.dropped += dropped_out
-        collected.stderr.dropped += dropped_err
-        return RawExecution(
-            stdout=collected.stdout.text(),
-            stderr=collected.stderr.text(),
-            exit_code=int(reply["exit_code"]),
-            timed_out=bool(reply["timed_out"]),
-            oom_killed=bool(reply["oom_killed"]),
-            duration_ms=float(reply["duration_ms"]),
-            truncated=bool(collected.stdout.dropped or collected.stderr.dropped),
-            supervisor_lost=False,
-            state=dict(reply.get("state") or {}),
-            cancelled=bool(reply.get("cancelled")),
-            images=list(reply.get("images") or []),
-            images_left_out=int(reply.get("images_left_out") or 0),
-        )
+        return raw_result(reply, collected, image_budget=images * 4 // 3 + 4)
 
     def _send_quietly(self, kind: bytes, rid: int) -> None:
         # From another thread: a failure here shows in the request's own thread.
@@ -361,10 +365,66 @@ class RunnerConnection:
             if frame_rid != rid:
                 continue
             if kind == b"r":
-                return json.loads(payload)
+                return _answer(payload)
             if collected is not None:
                 collected.add(kind, payload)
         return None
+
+
+def raw_result(reply: dict[str, Any], collected: "_Collected", image_budget: int) -> RawExecution:
+    """An execution's outcome from the runner's answer and the output collected, every
+    field checked (the answer passed through PID 1, but is held to its shape again).
+
+    Args:
+        reply: the runner's ``r`` frame, decoded.
+        collected: the output frames of the run.
+        image_budget: base64 bytes the figures may take together.
+    """
+    try:
+        dropped_out, dropped_err = (int(n) for n in reply.get("dropped") or (0, 0))
+    except (TypeError, ValueError, OverflowError):
+        dropped_out = dropped_err = 0
+    collected.stdout.dropped += max(0, dropped_out)
+    collected.stderr.dropped += max(0, dropped_err)
+    figures = check_figures(reply.get("images"), reply.get("images_left_out"), budget=image_budget)
+    said = reply.get("images_left_out_why")
+    why = [str(w)[:100] for w in said[:5]] if isinstance(said, list) else []
+    why += [w for w in figures.reasons if w not in why]
+    state = reply.get("state")
+    return RawExecution(
+        stdout=collected.stdout.text(),
+        stderr=collected.stderr.text(),
+        exit_code=_number(reply.get("exit_code"), int, default=-1),
+        timed_out=bool(reply.get("timed_out")),
+        oom_killed=bool(reply.get("oom_killed")),
+        duration_ms=_number(reply.get("duration_ms"), float, default=0.0),
+        truncated=bool(collected.stdout.dropped or collected.stderr.dropped),
+        supervisor_lost=False,
+        state=state if isinstance(state, dict) else {},
+        cancelled=bool(reply.get("cancelled")),
+        figures=figures.figures,
+        images_left_out=figures.left_out,
+        images_left_out_why=why,
+    )
+
+
+def _answer(payload: bytes) -> dict[str, Any]:
+    """A runner's answer frame: a JSON object, its text made valid UTF-8."""
+    try:
+        answer = json.loads(payload.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        raise RunnerGone("the runner sent an answer that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise RunnerGone("the runner sent an answer that is not a JSON object")
+    return clean(answer)
+
+
+def _number(value: Any, kind: type, default: Any) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return number if math.isfinite(number) and abs(number) < 2**53 else default
 
 
 class _Collected:

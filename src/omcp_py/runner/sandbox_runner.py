@@ -300,6 +300,37 @@ def take_figures():
     return figures
 
 
+IMAGE_SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+
+
+def checked_image(image, room):
+    """(why it is refused, None) or (None, the image with its real size), for an image
+    the code's process reported: it could have reported anything."""
+    if not isinstance(image, dict):
+        return "not a PNG or JPEG image", None
+    mime, data = image.get("mime"), image.get("data")
+    if mime not in IMAGE_SIGNATURES or not isinstance(data, str):
+        return "not a PNG or JPEG image", None
+    if len(data) > room:
+        return "over IMAGE_BUDGET", None
+    try:
+        raw = data.encode("ascii")
+        if len(raw) % 4 or raw.translate(None, BASE64_ALPHABET + b"="):
+            raise ValueError
+        decoded = binascii.a2b_base64(raw)
+    except (ValueError, binascii.Error, UnicodeError):
+        return "not base64", None
+    if binascii.b2a_base64(decoded, newline=False) != raw:
+        return "not base64", None
+    if not decoded.startswith(IMAGE_SIGNATURES[mime]):
+        return "not a %s image" % mime.split("/")[1].upper(), None
+    width, height = image_size(decoded)
+    return None, {"mime": mime, "width": width, "height": height, "data": data}
+
+
+BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
 def image_size(data):
     """(width, height) of a PNG or JPEG, read from its header; (0, 0) if unknown."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
@@ -729,6 +760,10 @@ def child_main(ctl_r, status_w, out_w, err_w):
 # so a link the code planted cannot lead it anywhere. PID 1 itself never opens a path.
 FILE_ROOTS = ("/tmp",)  # besides CODE_DIR: the other place the code can write
 LIST_LIMIT = 1000  # entries list_files returns at most
+# Bytes a listing's answer may take (names and link targets are the code's choice):
+# well under the host's frame limit for it, so a listing always arrives whole.
+LIST_BYTES = 512 * 1024
+TARGET_CHARS = 512  # a link target is shown cut to this many characters
 
 
 class Refused(Exception):
@@ -861,7 +896,8 @@ def put_file(request, content):
         raise Refused("directory", "%s is a directory" % root)
     shown = shown_path(root, parts)
     dir_fd = open_dir(root, parts[:-1], create=True)
-    temporary = ".omcp-upload-%d" % os.getpid()
+    # Unpredictable: code that made this name first could make every upload fail.
+    temporary = ".omcp-upload-" + binascii.hexlify(os.urandom(12)).decode()
     try:
         try:
             refuse_special(lstat_at(parts[-1], dir_fd, shown), shown, dir_fd, parts[-1])
@@ -895,6 +931,7 @@ def list_files(request):
     shown = shown_path(root, parts)
     entries = []
     truncated = False
+    room = LIST_BYTES
     top = open_dir(root, parts)
     try:
         st = os.fstatvfs(top)
@@ -907,7 +944,7 @@ def list_files(request):
                     children = sorted(found, key=lambda entry: entry.name, reverse=True)
                 subdirs = []
                 for entry in reversed(children):
-                    if len(entries) >= LIST_LIMIT:
+                    if len(entries) >= LIST_LIMIT or room <= 0:
                         truncated = True
                         break
                     st = entry.stat(follow_symlinks=False)
@@ -933,9 +970,15 @@ def list_files(request):
                     }
                     if kind == "symlink":
                         try:
-                            item["target"] = os.readlink(entry.name, dir_fd=fd)
+                            target = os.readlink(entry.name, dir_fd=fd)
                         except OSError:
-                            pass
+                            target = None
+                        if target is not None:
+                            if len(target) > TARGET_CHARS:
+                                target = target[:TARGET_CHARS] + "..."
+                            item["target"] = target
+                    # As JSON escapes it, at worst six bytes a character.
+                    room -= 100 + 6 * (len(item["path"]) + len(item.get("target") or ""))
                     entries.append(item)
                     if kind == "directory":
                         subdirs.append(entry.name)
@@ -1002,8 +1045,16 @@ def file_helper(request, content, answer_w):
 
 def file_request(request, content):
     """Answer one file request; (answer, content got)."""
-    answer_r, answer_w = os.pipe()
-    pid = os.fork()
+    try:
+        answer_r, answer_w = os.pipe()
+    except OSError as exc:
+        return {"error": "busy", "message": "no pipe for the file helper: %s" % exc}, b""
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(answer_r)
+        os.close(answer_w)
+        return {"error": "busy", "message": "the file helper could not start: %s" % exc}, b""
     if pid == 0:
         code = 0
         try:
@@ -1036,9 +1087,13 @@ def file_request(request, content):
     if chunks is None:
         return {"error": "timeout", "message": "the file operation took too long"}, b""
     line, found, data = b"".join(chunks).partition(b"\n")
-    if not found:
+    try:
+        answer = json.loads(line) if found else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
         return {"error": "failed", "message": "the file helper ended without an answer"}, b""
-    return json.loads(line), data
+    return answer, data
 
 
 # -- PID 1 -----------------------------------------------------------------------------
@@ -1097,6 +1152,7 @@ class Job:
         self.budget = int(header.get("images") or 0)
         self.images = []
         self.images_left_out = 0
+        self.images_why = []
         self.cancelled = False
         self.oom_before = oom_kills()
         self.out = Capture(b"o", rid, self.limit)
@@ -1194,27 +1250,37 @@ class Job:
         self.streams = {}
 
     def take_images(self, status):
-        # The code's own process made these: hold them to the budget the host expects.
+        # The code's own process made these, and the code can replace them: only
+        # PNG and JPEG images in strict base64 with their format's signature, at most
+        # MAX_FIGURES, within the budget the host expects. The rest are counted, with
+        # the reason.
         room = self.budget * 4 // 3 + 4
         images = status.get("images") or []
-        left_out = int(status.get("images_left_out") or 0)
-        for image in images if isinstance(images, list) else []:
-            try:
-                entry = {
-                    "mime": str(image["mime"]),
-                    "width": int(image["width"]),
-                    "height": int(image["height"]),
-                    "data": str(image["data"]),
-                }
-            except (KeyError, TypeError, ValueError):
-                left_out += 1
-                continue
-            if len(entry["data"]) > room:
+        try:
+            left_out = max(0, min(int(status.get("images_left_out") or 0), 10**6))
+        except (TypeError, ValueError, OverflowError):
+            left_out = 0
+        if not isinstance(images, list):
+            images = []
+            self.left_out_why("not a list of figures")
+            left_out += 1
+        for index, image in enumerate(images):
+            if index >= MAX_FIGURES:
+                self.left_out_why("more than %d figures in one run" % MAX_FIGURES)
+                left_out += len(images) - index
+                break
+            why, entry = checked_image(image, room)
+            if why:
+                self.left_out_why(why)
                 left_out += 1
                 continue
             room -= len(entry["data"])
             self.images.append(entry)
-        self.images_left_out = max(0, left_out)
+        self.images_left_out = left_out
+
+    def left_out_why(self, reason):
+        if reason not in self.images_why:
+            self.images_why.append(reason)
 
     def cancel(self, now):
         """The host no longer wants this run: end it (and the stateful interpreter) now."""
@@ -1323,6 +1389,7 @@ class Job:
             "cancelled": self.cancelled,
             "images": self.images,
             "images_left_out": self.images_left_out,
+            "images_left_out_why": self.images_why,
         }
         send(b"O", self.rid, bytes(self.out.tail))
         send(b"E", self.rid, bytes(self.err.tail))
