@@ -237,6 +237,47 @@ def process_ended(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+@asynccontextmanager
+async def engine_proxy(path: Path):
+    """A byte-level proxy to the real engine on a socket we can take away."""
+    target = ENGINE_SOCKET
+
+    async def handle(client) -> None:
+        async with client:
+            try:
+                upstream = await anyio.connect_unix(target)
+            except OSError:
+                return
+            async with upstream, anyio.create_task_group() as tg:
+
+                async def pump(src, dst) -> None:
+                    try:
+                        async for chunk in src:
+                            await dst.send(chunk)
+                        await dst.send_eof()
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(pump, client, upstream)
+                tg.start_soon(pump, upstream, client)
+
+    listener = await anyio.create_unix_listener(path)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, handle)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        # Not awaited inside the cancelled scope: a checkpoint there would raise a
+        # cancellation that the scope swallows, and a failed assertion of the body
+        # with it.
+        with anyio.CancelScope(shield=True):
+            await listener.aclose()
+        path.unlink(missing_ok=True)
+
+
 # -- the adversarial suite (tests/security) -----------------------------------------
 # Every case attacks through the real MCP client, then checks from outside: the result,
 # the time it took, what is left in the container, the server's memory, the neighbours.

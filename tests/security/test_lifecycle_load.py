@@ -4,16 +4,14 @@ engine going away and coming back."""
 
 import os
 import signal
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 import pytest
 from conftest import (
-    ENGINE_SOCKET,
     Server,
     container_exists,
     container_of,
+    engine_proxy,
     eventually,
     owned_by,
     start_server,
@@ -135,53 +133,12 @@ async def test_200_concurrent_executions_over_10_sandboxes_on_one_connection(
         assert all(answers[i]["success"] for i in answers)
 
 
-@asynccontextmanager
-async def _engine_proxy(path: Path):
-    """A byte-level proxy to the real engine on a socket we can take away."""
-    target = ENGINE_SOCKET
-
-    async def handle(client) -> None:
-        async with client:
-            try:
-                upstream = await anyio.connect_unix(target)
-            except OSError:
-                return
-            async with upstream, anyio.create_task_group() as tg:
-
-                async def pump(src, dst) -> None:
-                    try:
-                        async for chunk in src:
-                            await dst.send(chunk)
-                        await dst.send_eof()
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                        tg.cancel_scope.cancel()
-
-                tg.start_soon(pump, client, upstream)
-                tg.start_soon(pump, upstream, client)
-
-    listener = await anyio.create_unix_listener(path)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, handle)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
-    finally:
-        # Not awaited inside the cancelled scope: a checkpoint there would raise a
-        # cancellation that the scope swallows, and a failed assertion of the body
-        # with it.
-        with anyio.CancelScope(shield=True):
-            await listener.aclose()
-        path.unlink(missing_ok=True)
-
-
 async def test_engine_outage_and_recovery_without_restart(tmp_path, docker_client) -> None:
     sock = tmp_path / "engine.sock"
     env = {"DOCKER_HOST": f"unix://{sock}", "SANDBOX_POOL_SIZE": "0"}
     async with start_server(env, cwd=tmp_path) as srv:
         assert "not reachable" in await srv.error("create_sandbox")
-        async with _engine_proxy(sock):
+        async with engine_proxy(sock):
             sid = await srv.create()
             assert (await srv.run(sid, "print('up')"))["output"] == "up\n"
         # Engine gone while the server runs: clear errors, no hang.
@@ -189,7 +146,7 @@ async def test_engine_outage_and_recovery_without_restart(tmp_path, docker_clien
         assert "not reachable" in await srv.error(
             "execute_python_code", {"sandbox_id": sid, "code": "1"}
         )
-        async with _engine_proxy(sock):
+        async with engine_proxy(sock):
             assert (await srv.run(sid, "print('back')"))["output"] == "back\n"
             assert (await srv.call("list_sandboxes"))["count"] == 1
             await srv.call("remove_sandbox", {"sandbox_id": sid, "force": True})

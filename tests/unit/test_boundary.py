@@ -1,0 +1,198 @@
+"""The host's side of the sandbox boundary, without Docker: arbitrary bytes from a
+runner never make the frame decoder or the result builder raise (but RunnerGone),
+and every result they lead to is strict UTF-8 JSON within its size bounds."""
+
+import base64
+import json
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from omcp_py import content
+from omcp_py.boundary import MAX_FIGURES, check_figures, clean, clean_text
+from omcp_py.config import SandboxConfig
+from omcp_py.models import ExecutionResult
+from omcp_py.runner.client import RunnerConnection, RunnerGone, _Collected, raw_result
+from omcp_py.sandbox_manager import Execution, SandboxManager
+from omcp_py.transport import refusal
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + struct.pack(">II", 3, 2) + b"\x08" * 5
+LIMIT = 4096
+BUDGET = 2000
+
+# Any JSON, with any text: lone surrogates, controls, whatever json.loads can give.
+# (Hypothesis almost never draws surrogates by itself: they are drawn on purpose.)
+_hostile = st.sampled_from(["\ud800", "\udcff", "\udfff", "\x00", "\x1b", "\u2028", "\ufffd"])
+_text = st.text(alphabet=st.characters() | _hostile, max_size=40)
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=12,
+)
+_image = st.fixed_dictionaries(
+    {},
+    optional={
+        "mime": st.sampled_from(["image/png", "image/jpeg", "text/html"]) | _text,
+        "data": st.sampled_from([base64.b64encode(PNG).decode(), "!!", "iVBO\ud800"]) | _text,
+        "width": _json,
+        "height": _json,
+    },
+)
+_reply = st.fixed_dictionaries(
+    {},
+    optional={
+        "exit_code": _json,
+        "timed_out": _json,
+        "oom_killed": _json,
+        "duration_ms": _json,
+        "dropped": _json,
+        "state": _json | st.dictionaries(st.sampled_from(["killed", "fresh"]), _json),
+        "cancelled": _json,
+        "images": st.lists(_image, max_size=25) | _json,
+        "images_left_out": _json,
+        "images_left_out_why": _json,
+    },
+)
+
+
+def strict_json(value: Any) -> bytes:
+    """The wire form of a result: must be strict UTF-8."""
+    text = value.model_dump_json(by_alias=True)
+    return text.encode("utf-8")  # raises on a lone surrogate
+
+
+def frames(parts: list[tuple[bytes, int, bytes]]) -> bytes:
+    """Our frames inside Docker's stdout multiplexing."""
+    ours = b"".join(struct.pack(">cII", kind, rid, len(p)) + p for kind, rid, p in parts)
+    return struct.pack(">BxxxI", 1, len(ours)) + ours
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reply=_reply,
+    out=st.binary(max_size=3 * LIMIT),
+    err=st.binary(max_size=300),
+    stateful=st.booleans(),
+)
+def test_any_reply_makes_a_bounded_strict_result(reply, out, err, stateful) -> None:
+    collected = _Collected(LIMIT)
+    collected.add(b"o", out)
+    collected.add(b"E", err)
+    raw = raw_result(reply, collected, image_budget=BUDGET)
+    assert len(raw.figures) <= MAX_FIGURES
+    assert sum(len(f.data) for f in raw.figures) <= BUDGET
+    assert all(base64.b64decode(f.data).startswith(PNG[:8]) for f in raw.figures)
+    manager = SandboxManager(SandboxConfig(output_limit=LIMIT))
+    result = manager._result(raw, timeout=5, stateful=stateful)
+    wire = strict_json(clean(content.execution(Execution(result, raw.figures))))
+    # Output is cut to the limit per stream; the notices and figures are bounded too.
+    assert len(wire) < 2 * 6 * LIMIT + 2 * BUDGET + 20_000
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=64), max_size=8), rid=st.integers(0, 3))
+def test_any_bytes_on_the_stream_decode_or_raise_runner_gone(chunks, rid) -> None:
+    connection = RunnerConnection(api=None, container_id="x")
+    for chunk in chunks:
+        connection._docker += chunk
+        try:
+            connection._parse(rid, _Collected(LIMIT), max_frame=1024)
+        except RunnerGone:
+            return
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.binary(max_size=200)
+    | _json.map(lambda v: json.dumps(v).encode())
+    | st.dictionaries(_text, _json, min_size=1, max_size=4).map(lambda v: json.dumps(v).encode())
+)
+def test_any_answer_frame_is_an_object_of_clean_text_or_runner_gone(payload) -> None:
+    connection = RunnerConnection(api=None, container_id="x")
+    connection._docker += frames([(b"o", 7, b"hi"), (b"r", 7, payload)])
+    try:
+        answer = connection._parse(7, _Collected(LIMIT), max_frame=1 << 20)
+    except RunnerGone:
+        return
+    assert isinstance(answer, dict)
+    json.dumps(answer, ensure_ascii=False).encode("utf-8")  # no lone surrogate left
+
+
+def test_an_oversized_frame_is_refused_before_it_is_read() -> None:
+    connection = RunnerConnection(api=None, container_id="x")
+    connection._docker += struct.pack(">BxxxI", 1, 9) + struct.pack(">cII", b"r", 1, 1 << 30)
+    with pytest.raises(RunnerGone, match="oversized"):
+        connection._parse(1, None, max_frame=1 << 20)
+
+
+@given(text=_text)
+def test_clean_text_is_always_encodable(text: str) -> None:
+    cleaned = clean_text(text)
+    cleaned.encode("utf-8")
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        assert cleaned is text
+
+
+def test_clean_reaches_into_models_lists_and_dicts() -> None:
+    result = ExecutionResult(
+        success=True,
+        output="a\udcffb",
+        error=None,
+        exit_code=0,
+        timed_out=False,
+        duration_ms=1.0,
+        truncated=False,
+    )
+    cleaned = clean({"k\ud800": [result]})
+    assert cleaned == {"k\ufffd": [result.model_copy(update={"output": "a\ufffdb"})]}
+    untouched = {"a": ["b"]}
+    assert clean(untouched) is untouched
+
+
+def test_figures_are_held_to_type_signature_count_and_budget() -> None:
+    good = {"mime": "image/png", "data": base64.b64encode(PNG).decode()}
+    checked = check_figures(
+        [good, {"mime": "image/jpeg", "data": good["data"]}, {"mime": "text/html", "data": "PGI+"}]
+        + [good] * 30,
+        left_out="nonsense",
+        budget=10_000,
+    )
+    first = checked.figures[0]
+    assert (first.width, first.height, first.size) == (3, 2, len(PNG))
+    assert len(checked.figures) == MAX_FIGURES - 2  # the JPEG and the HTML are refused
+    assert checked.left_out == 2 + (33 - MAX_FIGURES)
+    assert checked.reasons == [
+        "not a JPEG image",
+        "not a PNG or JPEG image",
+        f"more than {MAX_FIGURES} figures in one run",
+    ]
+    tight = check_figures([good] * 5, 0, budget=len(good["data"]) * 2)
+    assert len(tight.figures) == 2 and tight.reasons == ["over IMAGE_BUDGET"]
+
+
+def _parse_error(line: str) -> ValidationError:
+    from mcp.types import jsonrpc_message_adapter
+
+    with pytest.raises(ValidationError) as info:
+        jsonrpc_message_adapter.validate_json(line)
+    return info.value
+
+
+def test_an_unparsable_request_with_an_id_is_answered() -> None:
+    line = (
+        '{"jsonrpc":"2.0","id":"q1","method":"tools/call","params":{"arguments":{"x":"\\udc00"}}}'
+    )
+    answer = refusal(_parse_error(line))
+    assert answer is not None and answer.id == "q1"
+    assert "arguments.x" in answer.error.message and "U+DC00" in answer.error.message
+    assert refusal(_parse_error('{"jsonrpc":"2.0","method":"n","params":{"a":"\\ud800"}}')) is None
+    assert refusal(_parse_error("not json at all")) is None
+    assert refusal(ValueError("x")) is None
