@@ -4,7 +4,9 @@ and every result they lead to is strict UTF-8 JSON within its size bounds."""
 
 import base64
 import json
+import socket
 import struct
+import threading
 from typing import Any
 
 import pytest
@@ -196,3 +198,52 @@ def test_an_unparsable_request_with_an_id_is_answered() -> None:
     assert refusal(_parse_error('{"jsonrpc":"2.0","method":"n","params":{"a":"\\ud800"}}')) is None
     assert refusal(_parse_error("not json at all")) is None
     assert refusal(ValueError("x")) is None
+
+
+class _Peer:
+    """A runner's end of an attach connection, played by the test (no Docker)."""
+
+    def __init__(self) -> None:
+        self.ours, self.theirs = socket.socketpair()
+
+    def attach_socket(self, container_id: str, params: dict) -> socket.socket:
+        return self.ours
+
+    def request(self) -> tuple[bytes, int, bytes]:
+        header = self.theirs.recv(9, socket.MSG_WAITALL)
+        kind, rid, size = struct.unpack(">cII", header)
+        payload = self.theirs.recv(size, socket.MSG_WAITALL) if size else b""
+        return kind, rid, payload
+
+    def send(self, data: bytes) -> None:
+        self.theirs.sendall(struct.pack(">BxxxI", 1, len(data)) + data)
+
+
+def test_a_new_connection_skips_what_a_broken_one_left_half_sent() -> None:
+    peer = _Peer()
+
+    def runner() -> None:
+        kind, rid, nonce = peer.request()
+        assert kind == b"s"
+        # The rest of a frame the last connection never finished (a header claiming
+        # a huge size among it), then the echo, then the answer to the next request.
+        peer.send(b"\x00" * 5 + struct.pack(">cII", b"d", 1, 1 << 31) + b"junk")
+        peer.send(struct.pack(">cII", b"r", rid, len(nonce)) + nonce)
+        kind, rid, _ = peer.request()
+        answer = json.dumps({"reset": True, "had_state": True}).encode()
+        peer.send(struct.pack(">cII", b"r", rid, len(answer)) + answer)
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    connection = RunnerConnection(api=peer, container_id="x")
+    assert connection.reset(timeout=5) is True
+    thread.join(5)
+
+
+def test_a_runner_that_does_not_echo_is_reported_not_waited_for(monkeypatch) -> None:
+    monkeypatch.setattr("omcp_py.runner.client.SYNC_SECONDS", 0.3)
+    peer = _Peer()
+    connection = RunnerConnection(api=peer, container_id="x")
+    with pytest.raises(RunnerGone, match="did not answer on a new connection"):
+        connection.reset(timeout=5)
+    assert connection._sock is None  # the next call attaches again

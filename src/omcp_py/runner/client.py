@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import socket
 import struct
 import threading
@@ -40,6 +41,7 @@ KILL_ALL_SOURCE = (
 _DOCKER_HEADER = struct.Struct(">BxxxI")
 _FRAME_HEADER = struct.Struct(">cII")
 _DIAGNOSTIC_CAP = 16 * 1024
+SYNC_SECONDS = 15.0  # for the runner's echo on a new connection
 
 
 @dataclass
@@ -133,6 +135,54 @@ class RunnerConnection:
         self._sock = getattr(self._handle, "_sock", self._handle)
         self._docker.clear()
         self._frames.clear()
+        self._sync()
+
+    def _sync(self) -> None:
+        """Find where the runner's frames begin on a new connection.
+
+        A connection that broke mid-frame (an engine outage, a proxy going away) leaves
+        the rest of that frame to arrive on the next one, which would read as garbage
+        from then on. The runner echoes a random nonce; everything before the echo is
+        dropped.
+
+        Raises:
+            RunnerGone: no echo within SYNC_SECONDS (the runner is busy with a run the
+                host gave up on, or gone); the next call attaches again.
+        """
+        sock = self._sock
+        assert sock is not None
+        nonce = os.urandom(16).hex().encode()
+        rid = next(self._ids)
+        echo = _FRAME_HEADER.pack(b"r", rid, len(nonce)) + nonce
+        deadline = time.monotonic() + SYNC_SECONDS
+        try:
+            sock.settimeout(SYNC_SECONDS)
+            with self._send_lock:
+                sock.sendall(_FRAME_HEADER.pack(b"s", rid, len(nonce)) + nonce)
+            while True:
+                self._demux()
+                at = self._frames.find(echo)
+                if at >= 0:
+                    del self._frames[: at + len(echo)]
+                    return
+                del self._frames[: max(0, len(self._frames) - len(echo))]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RunnerGone("the runner did not answer on a new connection")
+                sock.settimeout(remaining)
+                try:
+                    data = sock.recv(256 * 1024)
+                except TimeoutError:
+                    raise RunnerGone("the runner did not answer on a new connection") from None
+                if not data:
+                    raise RunnerGone("the container's output ended")
+                self._docker += data
+        except OSError as exc:
+            self.close()
+            raise RunnerGone(f"the connection to the runner failed: {exc}") from None
+        except RunnerGone:
+            self.close()
+            raise
 
     def open(self) -> bool:
         """False when the attach stream has ended (the runner or the engine closed it);
@@ -333,11 +383,9 @@ class RunnerConnection:
             self.close()
             raise
 
-    def _parse(
-        self, rid: int, collected: "_Collected | _Blob | None", max_frame: int
-    ) -> dict[str, Any] | None:
-        # Docker's multiplexing first (stdout is ours, stderr is the runner's own
-        # complaints), then our frames; frames of an abandoned request are skipped.
+    def _demux(self) -> None:
+        """Move Docker's stdout frames (ours) into the frame buffer; stderr is the
+        runner's own complaints, logged."""
         while len(self._docker) >= _DOCKER_HEADER.size:
             stream, size = _DOCKER_HEADER.unpack_from(self._docker)
             end = _DOCKER_HEADER.size + size
@@ -353,6 +401,13 @@ class RunnerConnection:
                     self.container_id[:12],
                     payload[:_DIAGNOSTIC_CAP].decode("utf-8", "replace").rstrip(),
                 )
+
+    def _parse(
+        self, rid: int, collected: "_Collected | _Blob | None", max_frame: int
+    ) -> dict[str, Any] | None:
+        # Docker's multiplexing first, then our frames; frames of an abandoned request
+        # are skipped.
+        self._demux()
         while len(self._frames) >= _FRAME_HEADER.size:
             kind, frame_rid, size = _FRAME_HEADER.unpack_from(self._frames)
             if size > max_frame:

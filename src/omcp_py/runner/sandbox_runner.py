@@ -10,6 +10,7 @@
 #                    z  reset: end the stateful interpreter
 #                    f  files: a JSON line {"op": "put" | "get" | "list", "path", "max"},
 #                       then the content to put
+#                    s  sync, on each new connection: the answer echoes the payload
 #   runner -> host   o / e  the head of the code's stdout / stderr, as it arrives
 #                    O / E  their tails, at the end
 #                    p      progress of an execution (JSON), every PROGRESS_INTERVAL
@@ -300,6 +301,14 @@ def take_figures():
     return figures
 
 
+# Why the code's process left figures out, as it may say it (anything else it says is
+# ignored: it could say anything).
+FIGURE_REASONS = (
+    "IMAGE_BUDGET is 0",
+    "more than %d figures in one run" % MAX_FIGURES,
+    "could not be drawn",
+    "over IMAGE_BUDGET",
+)
 IMAGE_SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
 
 
@@ -401,8 +410,14 @@ def encode_figures(figures, budget):
     """Render figures as images of ``budget`` raw bytes at most, all together.
 
     Returns:
-        (images as JSON-ready dicts, how many figures were left out).
+        (images as JSON-ready dicts, how many figures were left out, why: a list of
+        FIGURE_REASONS).
     """
+    why = []
+    if budget <= 0 and figures:
+        why.append("IMAGE_BUDGET is 0")
+    elif len(figures) > MAX_FIGURES:
+        why.append("more than %d figures in one run" % MAX_FIGURES)
     pairs = []
     drawn = figures[:MAX_FIGURES] if budget > 0 else []
     for number, figure in enumerate(drawn, 1):
@@ -410,6 +425,8 @@ def encode_figures(figures, budget):
             pairs.append((figure, render(figure, largest_dpi(figure), "png")))
         except Exception as exc:
             print("[omcp_py] figure %d could not be drawn: %r" % (number, exc), file=sys.stderr)
+            if "could not be drawn" not in why:
+                why.append("could not be drawn")
     keep = len(pairs)
     while keep:
         sizes = [len(image["data"]) for _, image in pairs[:keep]]
@@ -431,7 +448,9 @@ def encode_figures(figures, budget):
         del image["dpi"]
         image["data"] = binascii.b2a_base64(data, newline=False).decode("ascii")
         out.append(image)
-    return out, len(figures) - len(out)
+    if keep < len(pairs):
+        why.append("over IMAGE_BUDGET")
+    return out, len(figures) - len(out), why
 
 
 PR_CAPBSET_DROP = 24
@@ -744,7 +763,8 @@ def child_main(ctl_r, status_w, out_w, err_w):
         if SHOWN or "matplotlib.pyplot" in sys.modules:
             figures = take_figures()
             if figures:
-                status["images"], status["images_left_out"] = encode_figures(figures, budget)
+                images, left_out, why = encode_figures(figures, budget)
+                status.update(images=images, images_left_out=left_out, images_left_out_why=why)
             del figures
         if kind == ONCE:
             finish_like_python(main)
@@ -1260,6 +1280,10 @@ class Job:
             left_out = max(0, min(int(status.get("images_left_out") or 0), 10**6))
         except (TypeError, ValueError, OverflowError):
             left_out = 0
+        said = status.get("images_left_out_why")
+        for reason in said if isinstance(said, list) else []:
+            if reason in FIGURE_REASONS:  # the code's process says it: known words only
+                self.left_out_why(reason)
         if not isinstance(images, list):
             images = []
             self.left_out_why("not a list of figures")
@@ -1515,6 +1539,10 @@ class Runner:
     def handle(self, kind, rid, payload):
         if kind == b"c":
             return  # the run it would stop has already been answered
+        if kind == b"s":
+            # A new connection: the echo tells the host where our frames begin.
+            send(b"r", rid, payload[:64])
+            return
         if kind == b"f":
             line, _, data = payload.partition(b"\n")
             answer, content = file_request(json.loads(line), data)
