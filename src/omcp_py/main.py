@@ -19,11 +19,12 @@ from typing import Annotated, Any, TypeVar
 import anyio
 import anyio.from_thread
 from mcp.server.mcpserver import Context, MCPServer  # MCPServer: mcp 2.x's successor to FastMCP
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from omcp_py import __version__, content, transport
+from omcp_py.arguments import plain_error, strict_model
 from omcp_py.config import SandboxConfig, empty_settings, load_config
 from omcp_py.errors import ConfigError, OmcpError
 from omcp_py.files import MAX_PATH
@@ -133,7 +134,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             if cleaned_up is not None:
                 cleaned_up.set()
 
-    server = MCPServer(
+    server = SandboxServer(
         "omcp_py",
         title="Python sandboxes",
         version=__version__,
@@ -199,14 +200,15 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
         ctx: Context,
         sandbox_id: SandboxId,
         force: Annotated[
-            bool, Field(description="Remove it even if it was used within its timeout.")
+            bool,
+            Field(description="Remove it even while it runs code or an install (which ends)."),
         ] = False,
     ) -> RemoveSandboxResult:
         """Remove a sandbox and every file in it.
 
         Args:
             sandbox_id: the sandbox to remove.
-            force: remove it even if it is still active (used within its timeout, or running).
+            force: remove it even while it runs code or an install (which then ends).
         """
         return await _manager(ctx).remove(sandbox_id, force)
 
@@ -369,26 +371,28 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
 
 
 def _strict_arguments(server: MCPServer) -> None:
-    """Make every tool refuse arguments it does not have, or of another type, naming them.
-
-    The SDK's argument models ignore unknown keys, so a misspelt ``timout`` would pass
-    unnoticed and the default would apply. The schema then also says
-    ``additionalProperties: false`` to the client. They are also lax: ``"30"`` would
-    pass as the integer 30 and ``true`` as 1 second; strict, an argument is what its
-    schema says. MCPServer has no public switch for this; ``mcp`` is pinned below 3,
-    and tests call tools with unknown and mistyped arguments.
-    """
-    from pydantic import ConfigDict
-
+    """Every tool refuses arguments it does not have, or of another type than its schema
+    says (``arguments.strict_model``); the schema then says
+    ``additionalProperties: false``. MCPServer has no public switch for this; ``mcp`` is
+    pinned below 3, and tests call tools with unknown and mistyped arguments."""
     for tool in server._tool_manager.list_tools():
-        loose = tool.fn_metadata.arg_model
-        strict = type(
-            loose.__name__,
-            (loose,),
-            {"model_config": ConfigDict(**loose.model_config, extra="forbid", strict=True)},
-        )
-        tool.fn_metadata.arg_model = strict
-        tool.parameters = strict.model_json_schema(by_alias=True)
+        tool.fn_metadata.arg_model = strict_model(tool.fn_metadata.arg_model)
+        tool.parameters = tool.fn_metadata.arg_model.model_json_schema(by_alias=True)
+
+
+class SandboxServer(MCPServer):
+    """MCPServer whose refused tool arguments read as one plain line."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], *args: Any, **kw: Any) -> Any:
+        try:
+            return await super().call_tool(name, arguments, *args, **kw)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            tool = self._tool_manager.get_tool(name)
+            accepted = sorted(tool.parameters.get("properties", {})) if tool else []
+            raise ToolError(plain_error(name, cause, accepted)) from cause
 
 
 def configure_logging(level: str) -> None:
