@@ -33,9 +33,10 @@ async def test_reaper_removes_idle_sandboxes(tmp_path, docker_client) -> None:
         assert await eventually(lambda: not container_exists(docker_client, container.id), 20)
         listed = await srv.call("list_sandboxes", {"include_inactive": True})
         assert [s["id"] for s in listed["sandboxes"]] == [long]
-        assert "No sandbox" in await srv.error(
-            "execute_python_code", {"sandbox_id": short, "code": "1"}
-        )
+        # Said as what happened, not like a typo.
+        message = await srv.error("execute_python_code", {"sandbox_id": short, "code": "1"})
+        assert f"Sandbox {short} expired at " in message, message
+        assert "idle for its timeout (2 s)" in message and "removed with its files" in message
 
 
 async def test_stdin_close_removes_the_servers_sandboxes(tmp_path, docker_client) -> None:

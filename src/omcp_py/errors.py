@@ -37,7 +37,7 @@ class SandboxLimitReached(OmcpError):
 
 
 class SandboxStillActive(OmcpError):
-    """A sandbox used within its idle timeout was asked to be removed without force."""
+    """A sandbox running code or an install was asked to be removed without force."""
 
 
 class SandboxCreateFailed(OmcpError):

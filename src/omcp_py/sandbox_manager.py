@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _ID = re.compile(r"^[0-9a-f]{12}$")
+_EXPIRED_REMEMBERED = 1000
 
 
 @dataclass
@@ -142,6 +143,9 @@ class SandboxManager:
         # Ids of sandboxes being created: they hold a slot, and reconciliation must not
         # mistake their container (created, not yet started) for a stopped one.
         self._creating: set[str] = set()
+        # Sandboxes the reaper removed (id: when it expired, its timeout), so that a
+        # later call says it expired instead of answering like a typo. Bounded.
+        self._expired: dict[str, tuple[float, int]] = {}
         self._closing = False
         self._checked_client: Any = None
         self.images = ImagePuller()
@@ -238,6 +242,9 @@ class SandboxManager:
             if not sandbox.expired(now):
                 continue
             self._forget(sandbox.id)
+            self._expired[sandbox.id] = (sandbox.last_used + sandbox.timeout, sandbox.timeout)
+            while len(self._expired) > _EXPIRED_REMEMBERED:
+                del self._expired[next(iter(self._expired))]
             log.info("sandbox %s idle for %.0f s: removing it", sandbox.id, now - sandbox.last_used)
             await self._control(self._destroy, sandbox.id, sandbox.container_id)
         orphans = await self._control(self._orphans)
@@ -373,20 +380,21 @@ class SandboxManager:
 
         Args:
             sandbox_id: the sandbox to remove.
-            force: remove it even if it was used within its timeout (or is running code).
+            force: remove it even while it runs code or an install (which then ends).
 
         Returns:
             What was done.
 
         Raises:
             SandboxNotFound: no sandbox of this server has that id.
-            SandboxStillActive: it is in use and force is False.
+            SandboxStillActive: it is running code or an install and force is False.
             DockerUnavailable: the engine cannot be reached.
         """
         sandbox = self._get(sandbox_id)
-        if not force and not sandbox.expired(time.time()):
+        if not force and sandbox.busy:
             raise SandboxStillActive(
-                f"Sandbox {sandbox_id} is still active. Use force=True to remove it."
+                f"Sandbox {sandbox_id} is running code or an install right now: wait for it "
+                f"to finish, or pass force=true to stop it and remove the sandbox."
             )
         self._forget(sandbox_id)
         existed = await self._control(self._destroy, sandbox_id, sandbox.container_id)
@@ -663,6 +671,13 @@ class SandboxManager:
 
     def _get(self, sandbox_id: str) -> Sandbox:
         sandbox = self._sandboxes.get(sandbox_id) if _ID.match(sandbox_id) else None
+        if sandbox is None and sandbox_id in self._expired:
+            when, timeout = self._expired[sandbox_id]
+            raise SandboxNotFound(
+                f"Sandbox {sandbox_id} expired at {utc_iso(when)}: it was idle for its "
+                f"timeout ({timeout} s) and was removed with its files. Create a new one with "
+                f"create_sandbox (a larger timeout keeps it longer)."
+            )
         if sandbox is None:
             shown = sandbox_id if len(sandbox_id) <= 64 else sandbox_id[:64] + "..."
             raise SandboxNotFound(
@@ -761,7 +776,7 @@ class SandboxManager:
         elif stateful and raw.timed_out:
             notices.append("The interpreter was ended with the run: the next run starts fresh.")
         if raw.images_left_out:
-            why = "; ".join(raw.images_left_out_why) or "over IMAGE_BUDGET"
+            why = "; ".join(raw.images_left_out_why) or "the sandbox did not say why"
             notices.append(
                 f"{raw.images_left_out} figure(s) left out ({why}): a result carries at most "
                 f"{MAX_FIGURES} PNG or JPEG figures, under IMAGE_BUDGET="

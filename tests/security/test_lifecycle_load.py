@@ -104,7 +104,7 @@ async def test_remove_while_executing(server: Server) -> None:
         tg.start_soon(long_run)
         await anyio.sleep(1)
         message = await server.error("remove_sandbox", {"sandbox_id": busy})
-        assert "still active" in message
+        assert "is running code or an install right now" in message and "force=true" in message
         removed = await server.call("remove_sandbox", {"sandbox_id": busy, "force": True})
         assert removed["success"] is True
     # The run ended with the sandbox, as a clear tool error rather than a hang.
