@@ -105,6 +105,34 @@ def test_doctor_names_a_missing_image_and_how_to_get_it(docker_client) -> None:
     assert claude_config(proc.stdout)["env"] == expected
 
 
+def test_doctor_says_a_failing_sandbox_step_as_a_line(docker_client, tmp_path) -> None:
+    # An unknown runtime: a FAIL line with the runtimes offered, the sandbox skipped.
+    proc = doctor({"SANDBOX_RUNTIME": "kata"})
+    assert proc.returncode == 1, proc.stdout
+    assert "[FAIL] SANDBOX_RUNTIME=kata" in proc.stdout
+    assert "is not a runtime of this engine; it offers" in proc.stdout
+    assert "[skip] a real sandbox (needs the limits and the runtime)" in proc.stdout
+    assert "1 check(s) failed" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "ExceptionGroup" not in proc.stdout + proc.stderr
+    # An image without python3: the sandbox step itself fails, as one line with its fix.
+    (tmp_path / "hello").write_text("hi")
+    archive = tmp_path / "image.tar"
+    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(archive), "hello"], check=True)
+    image = "omcp-test/no-python:1"
+    with archive.open("rb") as data:
+        docker_client.api.import_image_from_data(data.read(), repository=image)
+    try:
+        proc = doctor({"DOCKER_IMAGE": image})
+    finally:
+        docker_client.images.remove(image, force=True)
+    assert proc.returncode == 1, proc.stdout
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("[FAIL]")]
+    assert line.startswith("[FAIL] a hardened sandbox: The sandbox container did not start")
+    assert "python3" in line
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 def test_doctor_reports_invalid_settings() -> None:
     proc = doctor({"SANDBOX_MEMORY": "lots"})
     assert proc.returncode == 1

@@ -49,6 +49,7 @@ class Doctor:
         self.engine_url: str | None = None
         self.engine_source: str | None = None
         self.image_present = False
+        self.isolated = False
 
     def report(self, check: Check) -> Check:
         self.checks.append(check)
@@ -142,6 +143,7 @@ class Doctor:
                 Check(False, f"SANDBOX_RUNTIME={self.config.sandbox_runtime}", problem)
             )
         runtime = self.config.sandbox_runtime or f"the default, {info.get('DefaultRuntime')}"
+        self.isolated = True
         return self.report(
             Check(
                 True,
@@ -184,13 +186,25 @@ class Doctor:
     def sandbox(self) -> Check:
         if self.config is None or self.client is None or not self.image_present:
             return self.report(Check(None, "a real sandbox (needs the engine and the image)"))
+        if not self.isolated:
+            return self.report(Check(None, "a real sandbox (needs the limits and the runtime)"))
         import anyio
 
         started = time.monotonic()
         try:
             output = anyio.run(_print_one, self.config)
-        except OmcpError as exc:
-            return self.report(Check(False, f"a hardened sandbox: {exc}", _sandbox_fix(str(exc))))
+        except Exception as exc:  # the manager's task group wraps what failed in a group
+            cause = _first_cause(exc)
+            if isinstance(cause, OmcpError):
+                text = str(cause)
+                return self.report(Check(False, f"a hardened sandbox: {text}", _sandbox_fix(text)))
+            return self.report(
+                Check(
+                    False,
+                    f"a hardened sandbox: {type(cause).__name__}: {cause}",
+                    "run `DEBUG=true omcp_py doctor` for the details, and report it if it persists",
+                )
+            )
         took = time.monotonic() - started
         if output != "1\n":
             return self.report(
@@ -252,6 +266,13 @@ def run_doctor(out: Callable[[str], None] = print) -> int:
     failed = sum(check.passed is False for check in doctor.checks)
     out(f"\n{failed} check(s) failed: fix them in order, then run `omcp_py doctor` again.")
     return 1
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The first failure inside (nested) exception groups."""
+    while isinstance(getattr(exc, "exceptions", None), tuple) and exc.exceptions:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
 
 
 async def _print_one(config: SandboxConfig) -> str:
