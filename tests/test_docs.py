@@ -170,7 +170,12 @@ def test_changelog_keeps_a_changelog() -> None:
 
     text = (ROOT / "CHANGELOG.md").read_text()
     assert "keepachangelog.com" in text and "## [Unreleased]" in text
-    assert f"## [{__version__}]" in text
+    # `--version` says what the changelog says: a development version is what
+    # [Unreleased] describes, a release has its own section.
+    if ".dev" not in __version__:
+        assert f"## [{__version__}]" in text
+    project = (ROOT / "pyproject.toml").read_text()
+    assert f'\nversion = "{__version__}"\n' in project
 
 
 def _write() -> None:

@@ -4,4 +4,4 @@ Importing this package has no side effects: no Docker connection, no logging
 setup, nothing printed. The server is built by :func:`omcp_py.main.create_server`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # pyproject.toml says the same (a test checks)
