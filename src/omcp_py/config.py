@@ -118,6 +118,15 @@ class SandboxConfig(BaseSettings):
         le=64 * 1024**2,
         description="Bytes kept of each of stdout and stderr (head and tail; the middle is cut).",
     )
+    max_result_size: Size = Field(
+        "1m",
+        ge=128 * 1024,
+        le=256 * 1024**2,
+        description=(
+            "Bytes one execution result may take as JSON-RPC (clients such as Claude Desktop "
+            "refuse results over about 1 MiB): output past it is cut, head and tail kept."
+        ),
+    )
     image_budget: Size = Field(
         "800k",
         ge=0,
@@ -255,6 +264,11 @@ class SandboxConfig(BaseSettings):
             raise ValueError(
                 "PACKAGE_WHEELHOUSE installs with no index and no network: unset "
                 "PACKAGE_INDEX_URL, PACKAGE_EXTRA_INDEX_URLS and PACKAGE_PROXY, or the wheelhouse"
+            )
+        if self.image_budget > self.max_result_size - 64 * 1024:
+            raise ValueError(
+                f"IMAGE_BUDGET={format_size(self.image_budget)} must leave 64k of "
+                f"MAX_RESULT_SIZE={format_size(self.max_result_size)} for the rest of a result"
             )
         if self.execution_timeout > self.max_execution_timeout:
             raise ValueError(

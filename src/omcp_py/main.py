@@ -244,7 +244,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             timeout: seconds before the run is killed.
         """
         outcome = await _manager(ctx).execute(sandbox_id, code, timeout, _progress(ctx))
-        return content.execution(outcome)
+        return content.execution(outcome, limit=config.max_result_size)
 
     @server.tool(
         title="Reset a stateful sandbox",

@@ -15,12 +15,32 @@ async def test_a_100_mb_flood_is_truncated(server: Server, sandbox: str) -> None
     assert result["success"] is True and result["truncated"] is True
     output = result["output"]
     assert output.startswith("A" * 1000) and output.endswith("Z" * 1000)
-    assert "bytes of stdout left out" in output
+    assert "of stdout left out" in output
     assert len(output) < 1024 * 1024 + 200
-    assert "bytes of stderr left out" in result["error"]
+    assert "of stderr left out" in result["error"]
     # The server held only the capped output: its memory grew by far less than the
     # flood (a generous bound; it grows by a few MiB).
     assert peak_rss_mb(server.pid) - before < 100
+    assert (await server.run(sandbox, "print('after')"))["output"] == "after\n"
+
+
+async def test_one_result_stays_under_the_size_clients_accept(server: Server, sandbox: str):
+    # Claude Desktop refuses results over about 1 MiB: whatever the code prints, and
+    # however it escapes as JSON, one result stays under MAX_RESULT_SIZE (1m).
+    for code in (
+        "print('x' * 5_000_000)",
+        "import sys\nprint('o' * 5_000_000)\nsys.stderr.write('e' * 5_000_000)",
+        "import sys\nsys.stdout.write('\\x01\\\\\"' * 2_000_000)",
+    ):
+        result = await server.session.call_tool(
+            "execute_python_code", {"sandbox_id": sandbox, "code": code}
+        )
+        wire = len(result.model_dump_json(by_alias=True, exclude_none=True))
+        assert wire <= 1024 * 1024 - 1024, (code, wire)
+        structured = result.structured_content
+        assert structured["truncated"] is True and structured["success"] is True
+        assert "Output cut to keep the result under MAX_RESULT_SIZE=1m" in structured["error"]
+        assert len(structured["output"]) > 10_000  # cut, not dropped
     assert (await server.run(sandbox, "print('after')"))["output"] == "after\n"
 
 

@@ -247,3 +247,40 @@ def test_a_runner_that_does_not_echo_is_reported_not_waited_for(monkeypatch) -> 
     with pytest.raises(RunnerGone, match="did not answer on a new connection"):
         connection.reset(timeout=5)
     assert connection._sock is None  # the next call attaches again
+
+
+@pytest.mark.parametrize(
+    ("stdout", "stderr"),
+    [
+        ("x" * 5_000_000, ""),
+        ("o" * 3_000_000, "e" * 3_000_000 + "\n[omcp_py] Execution timed out after 5 s."),
+        ('\x01\\"' * 1_000_000, "\u2028" * 500_000),
+        ("é" * 2_000_000, None),
+    ],
+)
+def test_an_execution_result_is_fitted_to_max_result_size(stdout, stderr) -> None:
+    result = ExecutionResult(
+        success=True,
+        output=stdout,
+        error=stderr,
+        exit_code=0,
+        timed_out=False,
+        duration_ms=1.0,
+        truncated=False,
+    )
+    figure = check_figures(
+        [{"mime": "image/png", "data": base64.b64encode(PNG + b"\0" * 300_000).decode()}],
+        0,
+        budget=800_000,
+    ).figures
+    fitted = content.execution(Execution(result, figure), limit=1 << 20)
+    assert len(fitted.model_dump_json(by_alias=True, exclude_none=True)) <= (1 << 20) - 1024
+    structured = fitted.structured_content
+    assert structured["truncated"] is True
+    assert structured["output"].startswith(stdout[:1000]) and structured["output"].endswith(
+        stdout[-1000:]
+    )
+    assert "Output cut to keep the result under MAX_RESULT_SIZE=1m" in structured["error"]
+    if stderr and "[omcp_py]" in stderr:  # the notices of the run survive the cut
+        assert "[omcp_py] Execution timed out after 5 s." in structured["error"]
+    assert [b.type for b in fitted.content] == ["text", "image"]
