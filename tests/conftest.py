@@ -278,6 +278,43 @@ async def engine_proxy(path: Path):
         path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def tls_index(tmp_path: Path, docker_client: Any) -> Iterator[tuple[str, Path]]:
+    """A package index over HTTPS on the host with a certificate of its own, reachable
+    from containers on the bridge, as an index behind an intercepting proxy looks:
+    (its URL, the certificate to trust it with)."""
+    import functools
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    from omcp_py.networks import host_address
+
+    address = host_address(docker_client.networks.get("bridge").attrs)
+    cert, key = tmp_path / "index.pem", tmp_path / "index.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=omcp-test-index", "-addext", f"subjectAltName=IP:{address}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    cert.chmod(0o644)
+    root = tmp_path / "tls-index"
+    (root / "simple").mkdir(parents=True)
+    (root / "simple" / "index.html").write_text("<html></html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"https://{address}:{httpd.server_address[1]}/simple/", cert
+    finally:
+        httpd.shutdown()
+
+
 # -- the adversarial suite (tests/security) -----------------------------------------
 # Every case attacks through the real MCP client, then checks from outside: the result,
 # the time it took, what is left in the container, the server's memory, the neighbours.

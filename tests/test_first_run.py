@@ -13,7 +13,16 @@ from pathlib import Path
 import anyio
 import docker
 import pytest
-from conftest import ENGINE_SOCKET, ROOT, TOOLS, needs, serve_and_use, start_server
+from conftest import (
+    ENGINE_SOCKET,
+    ROOT,
+    TOOLS,
+    ca_bundle,
+    needs,
+    serve_and_use,
+    start_server,
+    tls_index,
+)
 from mcp.client.stdio import StdioServerParameters
 
 from omcp_py.docker_host import candidates, current_context
@@ -24,15 +33,19 @@ BIN = Path(sys.executable).parent
 BARE_PATH = "/usr/bin:/bin"
 
 
-# Settings the suite itself runs under (SANDBOX_RUNTIME=runsc for its gVisor leg):
-# doctor rightly passes them on to the client's config too.
+# Settings the suite itself runs under (SANDBOX_RUNTIME=runsc for its gVisor leg), and
+# the CA bundle this machine trusts (its TLS-intercepting proxy), as a user here would
+# set it: doctor checks the installer's reach to the index, and passes them all on to
+# the client's config.
 SUITE_SETTINGS = {name: os.environ[name] for name in ("SANDBOX_RUNTIME",) if name in os.environ}
+if ca_bundle() is not None:
+    SUITE_SETTINGS["PACKAGE_CA_BUNDLE"] = str(ca_bundle())
 
 
 def doctor(env: dict[str, str] | None = None, cwd: Path | None = None):
     proc = subprocess.run(
         [str(BIN / "omcp_py"), "doctor"],
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **SUITE_SETTINGS, **(env or {})},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -59,7 +72,8 @@ async def test_doctor_passes_and_its_config_starts_the_server(docker_client) -> 
     proc = doctor(cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     checks = [line for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert len(checks) == 6 and all(line.startswith("[ok  ]") for line in checks), checks
+    assert len(checks) == 7 and all(line.startswith("[ok  ]") for line in checks), checks
+    assert "the installer reaches the package index https://pypi.org/simple/" in proc.stdout
     assert "ran print(1) and was removed" in proc.stdout
     entry = claude_config(proc.stdout)
     assert Path(entry["command"]).is_absolute() and Path(entry["command"]).exists()
@@ -88,7 +102,7 @@ def test_doctor_with_a_bogus_docker_host(host: str, reason: str) -> None:
     assert lines[failed] == f"[FAIL] Docker engine at {host} (DOCKER_HOST): {reason}"
     assert "unset it" in lines[failed + 1] and lines[failed + 1].lstrip().startswith("fix:")
     # What needs the engine is skipped, not reported as passing.
-    assert sum(line.startswith("[skip]") for line in lines) == 3
+    assert sum(line.startswith("[skip]") for line in lines) == 4
     assert "1 check(s) failed" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 
@@ -127,10 +141,24 @@ def test_doctor_says_a_failing_sandbox_step_as_a_line(docker_client, tmp_path) -
     finally:
         docker_client.images.remove(image, force=True)
     assert proc.returncode == 1, proc.stdout
-    [line] = [x for x in proc.stdout.splitlines() if x.startswith("[FAIL]")]
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("[FAIL] a hardened")]
     assert line.startswith("[FAIL] a hardened sandbox: The sandbox container did not start")
     assert "python3" in line
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_doctor_names_package_ca_bundle_when_the_index_certificate_fails(
+    tmp_path: Path, docker_client
+) -> None:
+    # A local HTTPS index with a certificate of its own, as behind an intercepting proxy.
+    with tls_index(tmp_path, docker_client) as (url, cert):
+        refused = doctor({"PACKAGE_INDEX_URL": url, "PACKAGE_CA_BUNDLE": ""})
+        trusted = doctor({"PACKAGE_INDEX_URL": url, "PACKAGE_CA_BUNDLE": str(cert)})
+    assert refused.returncode == 1, refused.stdout
+    assert f"[FAIL] the installer cannot verify the certificate of {url}" in refused.stdout
+    assert "set PACKAGE_CA_BUNDLE to the CA bundle this machine trusts" in refused.stdout
+    assert trusted.returncode == 0, trusted.stdout
+    assert f"[ok  ] the installer reaches the package index {url}" in trusted.stdout
 
 
 def test_doctor_reports_invalid_settings() -> None:

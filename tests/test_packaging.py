@@ -10,7 +10,17 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import ENGINE_SOCKET, ROOT, TOOLS, ca_bundle, needs, serve_and_use, start_server
+from conftest import (
+    ENGINE_SOCKET,
+    IMAGE,
+    ROOT,
+    TOOLS,
+    ca_bundle,
+    needs,
+    serve_and_use,
+    start_server,
+    tls_index,
+)
 from mcp.client.stdio import StdioServerParameters
 
 from omcp_py.config import documented_settings
@@ -166,6 +176,33 @@ async def test_sandbox_image_runs_the_data_stack(sandbox_image: str, docker_clie
     assert "Matplotlib created a temporary" not in (result["error"] or "")
 
 
+def test_a_build_behind_an_unknown_ca_says_ca_cert_and_leaves_nothing(tmp_path, docker_client):
+    # A base image whose pip uses an index with a certificate of its own: the build's
+    # pip cannot verify it, as behind a TLS-intercepting proxy.
+    with tls_index(tmp_path, docker_client) as (url, _):
+        base = "omcp-test/tls-base:1"
+        (tmp_path / "base").mkdir()
+        (tmp_path / "base" / "Dockerfile").write_text(
+            f"FROM {IMAGE}\nENV PIP_INDEX_URL={url} PIP_RETRIES=0\n"
+        )
+        docker_client.images.build(path=str(tmp_path / "base"), tag=base, rm=True)
+        before = set(docker_client.api.images(all=True, quiet=True))
+        try:
+            proc = run(
+                [str(BIN / "omcp_py"), "image", "build", "--tag", "omcp-test/never:1",
+                 "--base-image", base],
+                timeout=300,
+            )  # fmt: skip
+            after = set(docker_client.api.images(all=True, quiet=True))
+        finally:
+            docker_client.images.remove(base, force=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "could not verify the package index's certificate" in proc.stderr, proc.stderr
+    assert "omcp_py image build --ca-cert FILE" in proc.stderr
+    assert "The command '" not in proc.stderr  # not the Dockerfile's RUN line
+    assert after <= before, "the failed build left images behind"
+
+
 def test_image_build_refuses_a_missing_ca_file(tmp_path: Path) -> None:
     proc = run([str(BIN / "omcp_py"), "image", "build", "--ca-cert", str(tmp_path / "no.pem")])
     assert proc.returncode == 2 and "no such file" in proc.stderr
@@ -189,6 +226,10 @@ def test_install_sh_from_nothing_then_again(repo_copy: Path, tmp_path: Path, doc
     for name in ("PIP_CERT", "SSL_CERT_FILE", "PIP_INDEX_URL", "UV_INDEX_URL", "DOCKER_HOST"):
         if name in os.environ:
             env[name] = os.environ[name]
+    # doctor checks the installer's reach to the index: behind this machine's
+    # TLS-intercepting proxy a user sets PACKAGE_CA_BUNDLE, as doctor says.
+    if ca_bundle() is not None:
+        env["PACKAGE_CA_BUNDLE"] = str(ca_bundle())
     first = run(["./install.sh"], cwd=repo_copy, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "uv not found: installing it" in first.stdout

@@ -183,6 +183,59 @@ class Doctor:
         size = found.get("Size", 0) / 1e6
         return self.report(Check(True, f"DOCKER_IMAGE {image} is present ({size:.0f} MB)"))
 
+    def index(self) -> Check:
+        """The installer's reach to the package index: behind a TLS-intercepting proxy
+        every install fails until PACKAGE_CA_BUNDLE names the CA the machine trusts."""
+        config = self.config
+        if config is None or self.client is None or not self.image_present:
+            return self.report(Check(None, "the package index (needs the engine and the image)"))
+        if config.package_wheelhouse:
+            return self.report(
+                Check(None, f"the package index (installs come from {config.package_wheelhouse})")
+            )
+        from omcp_py.installer import Installer
+        from omcp_py.ownership import ROLE, Owner
+
+        url = config.package_index_url or "https://pypi.org/simple/"
+        labels = Owner.current().labels() | {ROLE: "installer"}
+        try:
+            answer = Installer(self.client, config).reach_index(labels, url)
+        except Exception as exc:  # the engine refused the container
+            return self.report(
+                Check(
+                    False,
+                    f"the package index {url}: the installer did not run: {exc}",
+                    "the installer runs DOCKER_IMAGE's python3: check the image and the engine",
+                )
+            )
+        kind, _, why = answer.partition(" ")
+        via = f"INSTALLER_NETWORK={config.installer_network}"
+        if kind == "ok":
+            return self.report(
+                Check(True, f"the installer reaches the package index {url} ({via})")
+            )
+        if kind == "tls":
+            bundle = config.package_ca_bundle
+            fix = (
+                f"PACKAGE_CA_BUNDLE={bundle} does not verify it: name the bundle that holds "
+                f"the CA of the proxy or index"
+                if bundle
+                else "a TLS-intercepting proxy or a private CA is in the way: set "
+                "PACKAGE_CA_BUNDLE to the CA bundle this machine trusts (on Debian and "
+                "Ubuntu /etc/ssl/certs/ca-certificates.crt)"
+            )
+            return self.report(
+                Check(False, f"the installer cannot verify the certificate of {url}: {why}", fix)
+            )
+        return self.report(
+            Check(
+                False,
+                f"the installer cannot reach the package index {url} ({via}): {why}",
+                "check the machine's network and INSTALLER_NETWORK, or set PACKAGE_PROXY or "
+                "PACKAGE_INDEX_URL; with no network at all, install from PACKAGE_WHEELHOUSE",
+            )
+        )
+
     def sandbox(self) -> Check:
         if self.config is None or self.client is None or not self.image_present:
             return self.report(Check(None, "a real sandbox (needs the engine and the image)"))
@@ -258,6 +311,7 @@ def run_doctor(out: Callable[[str], None] = print) -> int:
     doctor.engine()
     doctor.isolation()
     doctor.image()
+    doctor.index()
     doctor.sandbox()
     doctor.claude_config()
     if doctor.passed:

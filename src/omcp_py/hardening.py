@@ -202,6 +202,45 @@ def installer_run_kwargs(
     """
     from docker.types import Mount
 
+    mounts = [Mount(_INSTALL_TARGET, volume, type="volume", no_copy=True)]
+    command = python_command(source("sandbox_install.py"), _INSTALL_TARGET, *pip_args)
+    return _installer(config, labels, command, mounts)
+
+
+def index_probe_kwargs(config: SandboxConfig, labels: dict[str, str], url: str) -> dict[str, Any]:
+    """Run arguments of a container that checks the installer's reach to ``url``:
+    the installer's network, hardening and CA bundle, running only a fetch of the
+    index page (``omcp_py doctor``). It prints ``ok``, or ``tls``/``net`` and why."""
+    command = python_command(_INDEX_PROBE, url, config.package_proxy or "")
+    return _installer(config, labels, command, [])
+
+
+# What `pip` would meet first: the index's TLS certificate and the network to it.
+_INDEX_PROBE = """
+import os, ssl, sys, urllib.error, urllib.request
+url, proxy = sys.argv[1], sys.argv[2]
+context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or None)
+opener = urllib.request.build_opener(
+    urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {}),
+    urllib.request.HTTPSHandler(context=context),
+)
+try:
+    opener.open(url, timeout=15).read(1)
+    print("ok")
+except urllib.error.HTTPError as exc:
+    print("ok HTTP %d" % exc.code)
+except Exception as exc:
+    reason = getattr(exc, "reason", exc)
+    kind = "tls" if isinstance(reason, ssl.SSLError) else "net"
+    print(kind, str(reason)[:300])
+"""
+
+
+def _installer(
+    config: SandboxConfig, labels: dict[str, str], command: list[str], mounts: list[Any]
+) -> dict[str, Any]:
+    from docker.types import Mount
+
     environment = {
         "HOME": HOME,
         "LANG": "C.UTF-8",
@@ -213,7 +252,7 @@ def installer_run_kwargs(
         # the volume is no system's package set.
         "PIP_BREAK_SYSTEM_PACKAGES": "1",
     }
-    mounts = [Mount(_INSTALL_TARGET, volume, type="volume", no_copy=True)]
+    mounts = list(mounts)
     if config.package_ca_bundle:
         mounts.append(Mount(CA_BUNDLE, config.package_ca_bundle, type="bind", read_only=True))
         environment |= {"PIP_CERT": CA_BUNDLE, "SSL_CERT_FILE": CA_BUNDLE}
@@ -226,7 +265,7 @@ def installer_run_kwargs(
         network = {"network_disabled": True, **_runtime(config)}
     return {
         "image": config.docker_image,
-        "command": python_command(source("sandbox_install.py"), _INSTALL_TARGET, *pip_args),
+        "command": command,
         "labels": labels,
         "hostname": "installer",
         "user": SANDBOX_USER,

@@ -232,6 +232,8 @@ def build_sandbox_image(
             shutil.copy(ca_cert, context / "extra-ca.crt")
             args["EXTRA_CA_CERT"] = "extra-ca.crt"
         error = None
+        layers: list[str] = []  # the image of each step that succeeded
+        tls_failed = False
         for event in client.api.build(
             path=str(context), tag=tag, buildargs=args, rm=True, forcerm=True, decode=True
         ):
@@ -239,7 +241,37 @@ def build_sandbox_image(
                 for line in str(event["stream"]).splitlines():
                     if line.strip():
                         log_line(line)
+                    tls_failed = tls_failed or "CERTIFICATE_VERIFY_FAILED" in line
+                    if line.strip().startswith("---> ") and " " not in line.strip()[5:]:
+                        layers.append(line.strip()[5:])
             if "error" in event:
                 error = str(event["error"]).strip()
-    if error is not None:
-        raise ImageUnavailable(f"building {tag} failed: {error}")
+    if error is None:
+        return
+    _remove_leftovers(client, layers)
+    if tls_failed:
+        raise ImageUnavailable(
+            f"building {tag} failed: pip in the build could not verify the package index's "
+            f"certificate (a TLS-intercepting proxy or a private CA). Build again with "
+            f"`omcp_py image build --ca-cert FILE`, FILE the CA bundle this machine trusts "
+            f"(on Debian and Ubuntu /etc/ssl/certs/ca-certificates.crt)."
+        )
+    reason = error.split(" returned a non-zero code")[0]
+    if reason.startswith("The command '"):  # the Dockerfile's RUN line: not the reason
+        reason = "a build step failed; its output is above"
+    raise ImageUnavailable(f"building {tag} failed: {reason[:500]}")
+
+
+def _remove_leftovers(client: Any, layers: list[str]) -> None:
+    """Remove what a failed build left: the untagged image of its last good step (and
+    its untagged parents); never a tagged image such as the base."""
+    import docker
+
+    for layer in reversed(layers):
+        try:
+            if client.api.inspect_image(layer).get("RepoTags"):
+                return
+            client.api.remove_image(layer)
+        except docker.errors.APIError as exc:
+            log.debug("left build layer %s: %s", layer, exc)
+            return

@@ -21,7 +21,7 @@ from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig
 from omcp_py.engine import read_timed_out
 from omcp_py.errors import EngineError
-from omcp_py.hardening import installer_run_kwargs, volume_owner_kwargs
+from omcp_py.hardening import index_probe_kwargs, installer_run_kwargs, volume_owner_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,22 @@ class Installer:
             duration_ms=round((time.monotonic() - started) * 1000, 3),
             prepared=True,
         )
+
+    def reach_index(self, labels: dict[str, str], url: str, timeout: float = 40.0) -> str:
+        """Fetch ``url`` from a container made like an installer (``omcp_py doctor``).
+
+        Returns:
+            ``ok``, or ``tls <why>`` (the certificate could not be verified) or
+            ``net <why>`` (no connection), or ``failed <what happened>``.
+        """
+        kwargs = index_probe_kwargs(self.config, labels, url)
+        code, output, state = self._run_to_end(kwargs, timeout, lambda: True, lambda: None, Stop())
+        last = (output.strip().splitlines() or [""])[-1]
+        if state.get("timed_out"):
+            return f"net no answer within {timeout:.0f} s"
+        if code == 0 and last.split(" ", 1)[0] in ("ok", "tls", "net"):
+            return last
+        return f"failed (exit {code}) {last[:300]}"
 
     def _run_to_end(
         self,
