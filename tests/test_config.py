@@ -71,17 +71,22 @@ def test_tmpfs_must_fit_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
         load_config()
 
 
-def test_invalid_setting_stops_the_server_with_one_line(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "SANDBOX_TIMEOUT": "soon"}
-    proc = subprocess.run(
+def serve_once(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """The server started with this environment and stdin closed: it starts, then ends."""
+    return subprocess.run(
         [sys.executable, "-m", "omcp_py"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         stdin=subprocess.DEVNULL,
         timeout=60,
         text=True,
     )
+
+
+def test_invalid_setting_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "SANDBOX_TIMEOUT": "soon"}
+    proc = serve_once(env, tmp_path)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "SANDBOX_TIMEOUT='soon'" in proc.stderr
@@ -104,15 +109,7 @@ def test_empty_settings_are_said_at_start(tmp_path: Path) -> None:
     # Empty means "use the default"; the server says so rather than pass it silently.
     (tmp_path / ".env").write_text("SANDBOX_TIMEOUT=\nMAX_SANDBOXES=3\n")
     env = {"PATH": "/usr/bin:/bin", "DOCKER_IMAGE": "", "SANDBOX_POOL_SIZE": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "omcp_py"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        text=True,
-    )
+    proc = serve_once(env, tmp_path)
     assert proc.stdout == "", proc.stdout
     assert "DOCKER_IMAGE is empty: using the default python:3.11-slim" in proc.stderr
     assert "SANDBOX_TIMEOUT is empty: using the default 300" in proc.stderr

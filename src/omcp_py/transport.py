@@ -83,15 +83,37 @@ def refusal(exc: Exception) -> JSONRPCError | None:
     return None
 
 
-class AnsweringReader:
-    """The transport's read stream, but a request it could not parse gets an answer."""
+class _Wrapped:
+    """Delegates to one of the transport's streams (what the SDK reads of it too)."""
 
-    def __init__(self, inner: Any, write: Any) -> None:
+    def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self._write = write
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)  # last_context, and what else the SDK reads
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+
+class AnsweringReader(_Wrapped):
+    """The transport's read stream, but a request it could not parse gets an answer."""
+
+    def __init__(self, inner: Any, write: Any) -> None:
+        super().__init__(inner)
+        self._write = write
 
     async def receive(self) -> Any:
         return await self._answered(self._inner.receive)
@@ -107,36 +129,15 @@ class AnsweringReader:
                     continue
             return item
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
     def __aiter__(self) -> Any:
         return self
 
     async def __anext__(self) -> Any:
         return await self._answered(self._inner.__anext__)
 
-    async def __aenter__(self) -> Any:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        await self.aclose()
-        return None
-
-
-class EncodableWriter:
+class EncodableWriter(_Wrapped):
     """The transport's write stream, but every message is one it can encode."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     async def send(self, item: SessionMessage) -> None:
         message = clean(item.message)
@@ -160,21 +161,6 @@ class EncodableWriter:
         if message is not item.message:
             item = SessionMessage(message, metadata=item.metadata)
         await self._inner.send(item)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Any:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        await self.aclose()
-        return None
 
 
 async def run_stdio(server: MCPServer) -> None:

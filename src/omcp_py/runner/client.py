@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,7 +155,7 @@ class RunnerConnection:
         rid = next(self._ids)
         echo = _FRAME_HEADER.pack(b"r", rid, len(nonce)) + nonce
         deadline = time.monotonic() + SYNC_SECONDS
-        try:
+        with self._closed_when_broken():
             sock.settimeout(SYNC_SECONDS)
             with self._send_lock:
                 sock.sendall(_FRAME_HEADER.pack(b"s", rid, len(nonce)) + nonce)
@@ -166,23 +166,8 @@ class RunnerConnection:
                     del self._frames[: at + len(echo)]
                     return
                 del self._frames[: max(0, len(self._frames) - len(echo))]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if not self._read_more(sock, deadline):
                     raise RunnerGone("the runner did not answer on a new connection")
-                sock.settimeout(remaining)
-                try:
-                    data = sock.recv(256 * 1024)
-                except TimeoutError:
-                    raise RunnerGone("the runner did not answer on a new connection") from None
-                if not data:
-                    raise RunnerGone("the container's output ended")
-                self._docker += data
-        except OSError as exc:
-            self.close()
-            raise RunnerGone(f"the connection to the runner failed: {exc}") from None
-        except RunnerGone:
-            self.close()
-            raise
 
     def open(self) -> bool:
         """False when the attach stream has ended (the runner or the engine closed it);
@@ -355,7 +340,7 @@ class RunnerConnection:
         """Send one request and read until its result; None at the deadline."""
         sock = self._sock
         assert sock is not None
-        try:
+        with self._closed_when_broken():
             sock.settimeout(max(10.0, len(payload) / (1024 * 1024)))
             with self._send_lock:
                 sock.sendall(_FRAME_HEADER.pack(kind, rid, len(payload)) + payload)
@@ -365,17 +350,29 @@ class RunnerConnection:
                 result = self._parse(rid, collected, max_frame)
                 if result is not None:
                     return result
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if not self._read_more(sock, deadline):
                     return None
-                sock.settimeout(remaining)
-                try:
-                    data = sock.recv(256 * 1024)
-                except TimeoutError:
-                    return None
-                if not data:
-                    raise RunnerGone("the container's output ended")
-                self._docker += data
+
+    def _read_more(self, sock: socket.socket, deadline: float) -> bool:
+        """Read what the runner sent next; False when the deadline comes first."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(256 * 1024)
+        except TimeoutError:
+            return False
+        if not data:
+            raise RunnerGone("the container's output ended")
+        self._docker += data
+        return True
+
+    @contextlib.contextmanager
+    def _closed_when_broken(self) -> Iterator[None]:
+        """A connection that failed is dropped (the next call attaches again)."""
+        try:
+            yield
         except OSError as exc:
             self.close()
             raise RunnerGone(f"the connection to the runner failed: {exc}") from None
