@@ -55,7 +55,7 @@ async def test_gvisor_keeps_the_sandbox_through_memory_and_fork_bombs(
         )
         assert "fork refused after" in bomb["output"] or bomb["exit_code"] == 137, bomb
         after = await srv.run(sid, "print(open('/sandbox/kept').read())")
-        assert after["output"] == "yes\n"
+        assert after["output"] == "yes\n", (after, bomb)
         assert container_of(docker_client, sid).attrs["State"]["Running"] is True
 
 
