@@ -11,6 +11,7 @@ of the speed issue. Figures, not tests: nothing here asserts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -50,7 +51,15 @@ class Client:
         result = await self.session.call_tool(name, args)
         if result.is_error:
             raise RuntimeError(f"{name}: {result.content[0].text}")
-        return result.structured_content or {}
+        if result.structured_content is not None:
+            return result.structured_content
+        # A run or a download: a JSON summary, then its output blocks (label line first).
+        texts = [block.text for block in result.content if block.type == "text"]
+        fields = json.loads(texts[0])
+        for text in texts[1:]:
+            label, _, body = text.partition("\n")
+            fields[{"stdout:": "output", "stderr:": "error"}.get(label, "text")] = body
+        return fields
 
     async def create(self, **args: Any) -> str:
         return (await self.call("create_sandbox", args))["sandbox_id"]

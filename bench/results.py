@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import os
 import statistics
 import sys
@@ -61,7 +62,7 @@ async def figures(client: Client, runs: int) -> None:
             "execute_python_code", {"sandbox_id": sandbox, "code": THREE}
         )
         shown.append(time.perf_counter() - started)
-        sizes = [len(block.data) for block in result.content[1:]]
+        sizes = [len(block.data) for block in result.content if block.type == "image"]
         started = time.perf_counter()
         await client.run(sandbox, SAVED)
         saved.append(time.perf_counter() - started)
@@ -74,10 +75,11 @@ async def figures(client: Client, runs: int) -> None:
     result = await client.session.call_tool(
         "execute_python_code", {"sandbox_id": sandbox, "code": HUGE, "timeout": 120}
     )
-    info = result.structured_content["images"][0]
+    info = json.loads(result.content[0].text)["images"][0]
+    [image] = [block for block in result.content if block.type == "image"]
     print(
         f"4000x4000 figure: {time.perf_counter() - started:.2f} s -> {info['mime_type']} "
-        f"{info['width']}x{info['height']}, {len(result.content[1].data)} base64 bytes"
+        f"{info['width']}x{info['height']}, {len(image.data)} base64 bytes"
     )
 
 
@@ -149,7 +151,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     runs = parser.parse_args().runs
-    async with omcp({"DOCKER_IMAGE": IMAGE}) as client:
+    # A 5 MiB download is one result: more than the 1m clients accept by default.
+    async with omcp({"DOCKER_IMAGE": IMAGE, "MAX_RESULT_SIZE": "16m"}) as client:
         await figures(client, runs)
         await files(client, runs)
         await cancel(client, runs)

@@ -30,6 +30,37 @@ class ToolFailed(Exception):
     """A tool answered with isError; the text is the message the model would read."""
 
 
+# The two tools answered in blocks, not structuredContent (docs/api-reference.md,
+# "Result shapes"), and the fields their output blocks stand for.
+_BLOCK_LABELS = {"stdout:": "output", "stderr:": "error"}
+
+
+def fields(result: Any) -> dict[str, Any]:
+    """A tool result as one dict: its structuredContent, or, for a run or a download
+    (summary, then output blocks), the summary with each block put back in its field.
+
+    ``result`` is a CallToolResult or the JSON-RPC result as a dict (the Inspector's).
+    """
+    raw = isinstance(result, dict)
+    structured = result.get("structuredContent") if raw else result.structured_content
+    if structured is not None:
+        return structured
+    blocks = result["content"] if raw else [block.model_dump() for block in result.content]
+    texts = [block["text"] for block in blocks if block["type"] == "text"]
+    summary = json.loads(texts[0])
+    if "exit_code" in summary:
+        summary.update(output="", error=None)
+        labels = [text.partition("\n")[0] for text in texts[1:]]
+        assert labels in ([], ["stdout:"], ["stderr:"], ["stdout:", "stderr:"]), labels
+        for text in texts[1:]:
+            label, _, body = text.partition("\n")
+            summary[_BLOCK_LABELS[label]] = body
+    else:
+        assert len(texts) == (2 if summary["kind"] == "text" else 1), texts[:3]
+        summary["text"] = texts[1] if summary["kind"] == "text" else None
+    return summary
+
+
 class Server:
     """A running omcp_py server and a client session to it."""
 
@@ -38,17 +69,17 @@ class Server:
         self.marker = marker
 
     async def call(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Call a tool; its structured result, or ToolFailed with the error text."""
+        """Call a tool; its result as a dict (``fields``), or ToolFailed with the error
+        text."""
         result = await self.session.call_tool(name, args or {})
         if result.is_error:
             raise ToolFailed(result.content[0].text)
-        assert result.structured_content is not None, result
-        return result.structured_content
+        return fields(result)
 
     async def error(self, name: str, args: dict[str, Any] | None = None) -> str:
         """Call a tool that must fail; the error text."""
         result = await self.session.call_tool(name, args or {})
-        assert result.is_error, f"{name} should have failed: {result.structured_content}"
+        assert result.is_error, f"{name} should have failed: {result.content}"
         return result.content[0].text
 
     async def create(self, **args: Any) -> str:
@@ -515,7 +546,7 @@ async def serve_and_use(params: StdioServerParameters) -> set[str]:
         ran = await session.call_tool(
             "execute_python_code", {"sandbox_id": sandbox_id, "code": "print(1)"}
         )
-        assert ran.structured_content["output"] == "1\n", ran
+        assert fields(ran)["output"] == "1\n", ran
         removed = await session.call_tool(
             "remove_sandbox", {"sandbox_id": sandbox_id, "force": True}
         )

@@ -85,8 +85,16 @@ def render_tool(tool: Any) -> str:
         )
     if not properties:
         lines.append("| (none) | | | | |")
-    lines += ["", "| Result field | Type | Description |", "| --- | --- | --- |"]
-    output = tool.output_schema or {}
+    from omcp_py.content import SUMMARIES
+
+    if tool.output_schema is None:  # answered in blocks: the fields of its summary block
+        model, payload = SUMMARIES[tool.name]
+        output = model.model_json_schema()
+        output["properties"] = {k: v for k, v in output["properties"].items() if k not in payload}
+        header = "| Summary field (first text block) | Type | Description |"
+    else:
+        output, header = tool.output_schema, "| Result field | Type | Description |"
+    lines += ["", header, "| --- | --- | --- |"]
     for name, schema in output.get("properties", {}).items():
         lines.append(f"| `{name}` | {_type(schema)} | {schema.get('description', '')} |")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from conftest import (
     Server,
     container_of,
     eventually,
+    fields,
     needs,
     server_params,
     start_server,
@@ -39,10 +40,11 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def image_blocks(result: Any) -> list[Any]:
-    """The image content blocks after the result's JSON text."""
-    assert result.content[0].type == "text"
-    assert json.loads(result.content[0].text) == result.structured_content
-    return [block for block in result.content[1:] if block.type == "image"]
+    """The image content blocks, which come after every text block."""
+    types = [block.type for block in result.content]
+    assert result.structured_content is None and types[0] == "text", types
+    assert types == sorted(types, key=lambda t: t != "text"), types
+    return [block for block in result.content if block.type == "image"]
 
 
 async def run_tool(server: Server, sandbox: str, code: str, timeout: int = 60) -> Any:
@@ -71,7 +73,7 @@ async def test_three_figures_come_back_as_images_in_order(sandbox_image: str, tm
         started = time.monotonic()
         result = await run_tool(server, sandbox, THREE_FIGURES)
         elapsed = time.monotonic() - started
-        structured = result.structured_content
+        structured = fields(result)
         assert structured["success"] and structured["output"] == "drawn\n", structured
         # plt.show() printed no "non-interactive" warning: it hands the figure over.
         assert structured["error"] is None, structured["error"]
@@ -92,15 +94,15 @@ async def test_three_figures_come_back_as_images_in_order(sandbox_image: str, tm
         first = await run_tool(server, stateful, "import matplotlib.pyplot as plt\nplt.plot([1])")
         assert len(image_blocks(first)) == 1
         second = await run_tool(server, stateful, "print(len(plt.get_fignums()))")
-        assert second.structured_content["output"] == "0\n" and image_blocks(second) == []
+        assert fields(second)["output"] == "0\n" and image_blocks(second) == []
 
         # At most 20 figures are drawn per run (each takes time from the run's timeout);
         # the rest are counted and said, even when they would fit the budget.
         many = "for i in range(22):\n    plt.figure(figsize=(2.6, 2.6)); plt.plot([i, 0])\n"
         crowded = await run_tool(server, stateful, many)
-        assert len(image_blocks(crowded)) == 20, crowded.structured_content
-        assert crowded.structured_content["images_left_out"] == 2
-        said = crowded.structured_content["error"]
+        assert len(image_blocks(crowded)) == 20, crowded.content[:3]
+        assert fields(crowded)["images_left_out"] == 2
+        said = fields(crowded)["error"]
         # Blamed on the cap, not on the image budget they fit.
         assert "2 figure(s) left out (more than 20 figures in one run)" in said, said
 
@@ -117,10 +119,10 @@ async def test_a_huge_figure_is_scaled_to_fit(sandbox_image: str, tmp_path: Path
         result = await run_tool(server, sandbox, code, timeout=120)
         elapsed = time.monotonic() - started
     (image,) = image_blocks(result)
-    info = result.structured_content["images"][0]
+    info = fields(result)["images"][0]
     assert len(image.data) <= BUDGET
     assert max(info["width"], info["height"]) < 4000 and min(info["width"], info["height"]) > 256
-    assert result.structured_content["images_left_out"] == 0
+    assert fields(result)["images_left_out"] == 0
     print(
         f"4000x4000 figure: {info['mime_type']} {info['width']}x{info['height']}, "
         f"{len(image.data)} base64 bytes, {elapsed:.2f} s"
@@ -141,7 +143,7 @@ async def test_figures_past_the_budget_are_left_out_and_said_so(
         sandbox = await server.create()
         result = await run_tool(server, sandbox, code, timeout=120)
     images = image_blocks(result)
-    structured = result.structured_content
+    structured = fields(result)
     assert 1 <= len(images) < 6 and structured["images_left_out"] == 6 - len(images)
     assert sum(len(i.data) for i in images) <= 64 * 1024
     assert f"{6 - len(images)} figure(s) left out (over IMAGE_BUDGET)" in structured["error"]
@@ -150,9 +152,10 @@ async def test_figures_past_the_budget_are_left_out_and_said_so(
 
 async def test_without_matplotlib_nothing_changes(server: Server, sandbox: str) -> None:
     result = await run_tool(server, sandbox, "print('plain')")
-    assert len(result.content) == 1 and result.structured_content["images"] == []
+    assert [b.type for b in result.content] == ["text", "text"], result.content
+    assert fields(result)["images"] == [] and result.content[1].text == "stdout:\nplain\n"
     missing = await run_tool(server, sandbox, "import matplotlib")
-    assert "No module named 'matplotlib'" in missing.structured_content["error"]
+    assert "No module named 'matplotlib'" in fields(missing)["error"]
 
 
 # -- files -----------------------------------------------------------------------------
@@ -187,10 +190,11 @@ async def test_upload_transform_download_round_trip(server: Server, sandbox: str
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
+    # What comes back is one result: under MAX_RESULT_SIZE (1m) as base64 in JSON-RPC.
     ran = await server.run(
         sandbox,
         "d = open('in/data.bin', 'rb').read()\n"
-        "open('/tmp/out.bin', 'wb').write(bytes(b ^ 0x5A for b in d))\n",
+        "open('/tmp/out.bin', 'wb').write(bytes(b ^ 0x5A for b in d[:700_000]))\n",
     )
     assert ran["success"], ran
     started = time.monotonic()
@@ -199,14 +203,19 @@ async def test_upload_transform_download_round_trip(server: Server, sandbox: str
     )
     download_s = time.monotonic() - started
     assert not got.is_error, got.content
-    expected = bytes(b ^ 0x5A for b in data)
-    meta = got.structured_content
+    expected = bytes(b ^ 0x5A for b in data[:700_000])
+    meta = fields(got)
     assert meta["kind"] == "binary" and meta["size"] == len(expected)
     assert meta["sha256"] == hashlib.sha256(expected).hexdigest()
     resource = got.content[1].resource
     assert resource.uri == "file:///tmp/out.bin"
     assert base64.b64decode(resource.blob) == expected
-    print(f"5 MiB round trip: upload {upload_s:.2f} s, download {download_s:.2f} s")
+    print(f"5 MiB up, 700 kB down: upload {upload_s:.2f} s, download {download_s:.2f} s")
+
+    # A file no result can carry is refused, naming the limit and what to do.
+    message = await server.error("download_file", {"sandbox_id": sandbox, "path": "in/data.bin"})
+    assert "/sandbox/in/data.bin is 5242880 bytes" in message, message
+    assert "MAX_RESULT_SIZE=1m" in message and "split it and download the parts" in message
 
     # Text comes back as text; a PNG as an image.
     await server.call(
@@ -221,7 +230,7 @@ async def test_upload_transform_download_round_trip(server: Server, sandbox: str
     )
     args = {"sandbox_id": sandbox, "path": "p.png"}
     image = await server.session.call_tool("download_file", args)
-    assert image.structured_content["kind"] == "image"
+    assert fields(image)["kind"] == "image"
     (block,) = image_blocks(image)
     assert block.mime_type == "image/png" and base64.b64decode(block.data) == png
 
@@ -289,7 +298,7 @@ async def test_a_long_execution_reports_progress(server: Server, sandbox: str) -
         {"sandbox_id": sandbox, "code": code, "timeout": 30},
         progress_callback=progress,
     )
-    assert result.structured_content["success"], result
+    assert fields(result)["success"], result
     assert len(notes) >= 2, notes
     values = [done for done, _, _ in notes]
     assert values == sorted(set(values)) and all(total == 30 for _, total, _ in notes)
@@ -416,14 +425,14 @@ def test_figures_and_files_through_the_inspector(one_server_for_many_clients: li
     sandbox = created["structuredContent"]["sandbox_id"]
     code = "import matplotlib.pyplot as plt; plt.plot([1, 3, 2]); plt.show(); print('ok')"
     ran = inspector(server, "execute_python_code", sandbox_id=sandbox, code=code)
-    assert ran["structuredContent"]["output"] == "ok\n", ran["structuredContent"]
+    assert fields(ran)["output"] == "ok\n", ran["content"][:2]
     types = [block["type"] for block in ran["content"]]
-    assert types == ["text", "image"] and ran["content"][1]["mimeType"] == "image/png"
-    assert base64.b64decode(ran["content"][1]["data"])[:4] == b"\x89PNG"
-    assert ran["structuredContent"]["images"][0]["mime_type"] == "image/png"
+    assert types == ["text", "text", "image"] and ran["content"][2]["mimeType"] == "image/png"
+    assert base64.b64decode(ran["content"][2]["data"])[:4] == b"\x89PNG"
+    assert fields(ran)["images"][0]["mime_type"] == "image/png"
 
     inspector(server, "upload_file", sandbox_id=sandbox, path="hello.txt", text="hi there")
     got = inspector(server, "download_file", sandbox_id=sandbox, path="hello.txt")
-    assert got["structuredContent"]["text"] == "hi there"
+    assert fields(got)["text"] == "hi there" and "structuredContent" not in got
     listed = inspector(server, "list_files", sandbox_id=sandbox)
     assert [e["path"] for e in listed["structuredContent"]["entries"]] == ["hello.txt"]

@@ -123,8 +123,9 @@ class SandboxConfig(BaseSettings):
         ge=128 * 1024,
         le=256 * 1024**2,
         description=(
-            "Bytes one execution result may take as JSON-RPC (clients such as Claude Desktop "
-            "refuse results over about 1 MiB): output past it is cut, head and tail kept."
+            "Bytes one result of a run or a download may take as JSON-RPC (clients such as "
+            "Claude Desktop refuse results over about 1 MiB): output past it is cut, head and "
+            "tail kept; a file that does not fit is refused."
         ),
     )
     image_budget: Size = Field(
@@ -141,7 +142,11 @@ class SandboxConfig(BaseSettings):
         "10m", ge=1024, le=1024**3, description="Largest file upload_file accepts, in bytes."
     )
     max_download_size: Size = Field(
-        "10m", ge=1024, le=1024**3, description="Largest file download_file returns, in bytes."
+        "10m",
+        ge=1024,
+        le=1024**3,
+        description="Largest file download_file reads, in bytes (its result must also fit "
+        "MAX_RESULT_SIZE).",
     )
     max_code_size: Size = Field(
         "1m", ge=1024, le=64 * 1024**2, description="Largest code accepted, in UTF-8 bytes."

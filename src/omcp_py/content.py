@@ -1,8 +1,16 @@
-"""Tool results that carry more than their structured part: figures as images, and a
-downloaded file as an image or an embedded resource.
+"""The results of the two tools that carry media: a run (output and figures) and a
+downloaded file (text, an image or other bytes).
 
-The structured result keeps its schema (``structuredContent``); its JSON is the first
-content block, as for every other tool, and the images or the file follow it.
+Their shape is chosen for every client at once (docs/api-reference.md, "Result shapes"):
+no ``structuredContent`` — Claude Code, Codex and opencode show the model only that
+field when it is there, dropping every image — and each payload exactly once:
+
+- a summary block: JSON of the small fields (exit code, state, figures, ...);
+- ``stdout:`` and ``stderr:`` blocks, each a label line then the text as it was written
+  (left out when empty), or the downloaded text itself;
+- then the images, or the file as an image or an embedded resource.
+
+Each result fits MAX_RESULT_SIZE as it goes on the wire (escapes and base64 counted).
 """
 
 import base64
@@ -19,17 +27,44 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from omcp_py.config import format_size
+from omcp_py.errors import FileRefused
 from omcp_py.files import Download
-from omcp_py.models import ExecutionResult
+from omcp_py.models import DownloadResult, ExecutionResult
 from omcp_py.sandbox_manager import Execution
 
+# The label lines of the output blocks; a reader splits a block at its first newline.
+STDOUT, STDERR = "stdout:", "stderr:"
+# Room for the JSON-RPC envelope around a result.
+ENVELOPE = 1024
+# For each tool answered here: the model of its summary, and the fields that travel in
+# blocks of their own instead (docs/api-reference.md is generated from this).
+SUMMARIES: dict[str, tuple[type[BaseModel], set[str]]] = {
+    "execute_python_code": (ExecutionResult, {"output", "error"}),
+    "download_file": (DownloadResult, {"text"}),
+}
 
-def with_blocks(result: BaseModel, blocks: list[ContentBlock]) -> CallToolResult:
-    """``result`` as structured content and as JSON text, then ``blocks``."""
-    text = TextContent(type="text", text=to_json(result, indent=2).decode())
-    return CallToolResult(
-        content=[text, *blocks], structured_content=result.model_dump(mode="json")
-    )
+
+def _summary(result: BaseModel, payload: set[str]) -> TextContent:
+    return TextContent(type="text", text=to_json(result, indent=2, exclude=payload).decode())
+
+
+def _text(text: str) -> TextContent:
+    return TextContent(type="text", text=text)
+
+
+def _size(result: CallToolResult) -> int:
+    return len(result.model_dump_json(by_alias=True, exclude_none=True))
+
+
+def run_blocks(result: ExecutionResult, images: list[ContentBlock]) -> CallToolResult:
+    """A run as its summary, its stdout and stderr (each once, when not empty), then
+    its figures."""
+    blocks: list[ContentBlock] = [_summary(result, SUMMARIES["execute_python_code"][1])]
+    if result.output:
+        blocks.append(_text(f"{STDOUT}\n{result.output}"))
+    if result.error:
+        blocks.append(_text(f"{STDERR}\n{result.error}"))
+    return CallToolResult(content=[*blocks, *images])
 
 
 def execution(outcome: Execution, limit: int | None = None) -> CallToolResult:
@@ -44,10 +79,10 @@ def execution(outcome: Execution, limit: int | None = None) -> CallToolResult:
         ImageContent(type="image", data=figure.data, mime_type=figure.mime_type)
         for figure in outcome.figures
     ]
-    built = with_blocks(outcome.result, images)
+    built = run_blocks(outcome.result, images)
     if limit is None:
         return built
-    room = limit - 1024  # the JSON-RPC envelope around the result
+    room = limit - ENVELOPE
     return built if _size(built) <= room else _fitted(outcome.result, images, room, limit)
 
 
@@ -57,10 +92,6 @@ _CUT_NOTICE = (
     "output to a file and get it with download_file."
 )
 _NOTICES = "\n[omcp_py] "
-
-
-def _size(result: CallToolResult) -> int:
-    return len(result.model_dump_json(by_alias=True, exclude_none=True))
 
 
 def _cut(text: str, keep: int, what: str) -> str:
@@ -93,7 +124,7 @@ def _fitted(
                 "truncated": True,
             }
         )
-        return with_blocks(cut, images)
+        return run_blocks(cut, images)
 
     empty = _size(build(0.0))
     full = _size(build(1.0))
@@ -106,28 +137,47 @@ def _fitted(
     return build(0.0)
 
 
-def download(got: Download) -> CallToolResult:
-    """A downloaded file: text is in the result itself; an image or other bytes follow it.
+def download(got: Download, limit: int | None = None) -> CallToolResult:
+    """A downloaded file: its summary, then the text itself, the image, or the bytes as
+    an embedded resource.
 
-    Text goes once in the structured result and once as a plain text block after the
-    JSON of the rest: not escaped twice inside the JSON text (a file of newlines and
-    quotes would double in size).
+    Args:
+        got: the file's description and bytes.
+        limit: bytes the result may take as JSON (MAX_RESULT_SIZE). Text that would
+            outgrow it once escaped goes as bytes when those fit.
+
+    Raises:
+        FileRefused: the file does not fit one result in any form.
     """
-    result = got.result
+    built = _download_blocks(got.result, got.data)
+    if limit is None or _size(built) <= limit - ENVELOPE:
+        return built
+    if got.result.kind == "text":
+        as_bytes = got.result.model_copy(
+            update={"kind": "binary", "text": None, "mime_type": "application/octet-stream"}
+        )
+        built = _download_blocks(as_bytes, got.data)
+        if _size(built) <= limit - ENVELOPE:
+            return built
+    raise FileRefused(
+        f"{got.result.path} is {got.result.size:,} bytes; as a result it would take "
+        f"{_size(built):,} (base64 or escapes included), over MAX_RESULT_SIZE="
+        f"{format_size(limit)}: clients refuse larger results. Make it smaller in the sandbox "
+        f"(compress it, or split it and download the parts), or raise MAX_RESULT_SIZE if "
+        f"your client accepts more."
+    )
+
+
+def _download_blocks(result: DownloadResult, data: bytes) -> CallToolResult:
+    summary = _summary(result, SUMMARIES["download_file"][1])
     if result.kind == "text":
-        summary = TextContent(
-            type="text", text=to_json(result, indent=2, exclude={"text"}).decode()
-        )
-        return CallToolResult(
-            content=[summary, TextContent(type="text", text=result.text or "")],
-            structured_content=result.model_dump(mode="json"),
-        )
-    data = base64.b64encode(got.data).decode("ascii")
+        return CallToolResult(content=[summary, _text(result.text or "")])
+    encoded = base64.b64encode(data).decode("ascii")
     if result.kind == "image":
-        block: ContentBlock = ImageContent(type="image", data=data, mime_type=result.mime_type)
+        block: ContentBlock = ImageContent(type="image", data=encoded, mime_type=result.mime_type)
     else:
         resource = BlobResourceContents(
-            uri=f"file://{result.path}", mime_type=result.mime_type, blob=data
+            uri=f"file://{result.path}", mime_type=result.mime_type, blob=encoded
         )
         block = EmbeddedResource(type="resource", resource=resource)
-    return with_blocks(result, [block])
+    return CallToolResult(content=[summary, block])

@@ -96,6 +96,18 @@ def _too_large_upload(size: int, limit: int) -> InvalidArgument:
     )
 
 
+def _too_large(config: SandboxConfig) -> str:
+    # A download is one result: MAX_RESULT_SIZE bounds it too, and the smaller one binds.
+    if config.max_download_size <= config.max_result_size:
+        setting, value = "MAX_DOWNLOAD_SIZE", config.max_download_size
+    else:
+        setting, value = "MAX_RESULT_SIZE", config.max_result_size
+    return (
+        f"The limit is {value:,} bytes ({setting}={format_size(value)}): make it smaller in "
+        f"the sandbox (compress it, or split it and download the parts), or raise {setting}."
+    )
+
+
 def refusal(answer: dict[str, Any], config: SandboxConfig, op: str) -> OmcpError:
     """The error for a request the runner refused or failed."""
     kind, message = answer.get("error"), str(answer.get("message") or "failed")
@@ -110,11 +122,7 @@ def refusal(answer: dict[str, Any], config: SandboxConfig, op: str) -> OmcpError
             else "A file is in the way of that path: pick another path."
         ),
         "special": "Only regular files can be uploaded or downloaded.",
-        "too_large": (
-            f"The limit is {config.max_download_size:,} bytes (MAX_DOWNLOAD_SIZE="
-            f"{format_size(config.max_download_size)}): make it smaller in the sandbox (compress "
-            f"or split it), or raise MAX_DOWNLOAD_SIZE."
-        ),
+        "too_large": _too_large(config),
         "full": (
             f"The sandbox's disk is full (SANDBOX_WORKDIR_SIZE="
             f"{format_size(config.sandbox_workdir_size)} for /sandbox, SANDBOX_TMP_SIZE="

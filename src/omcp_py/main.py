@@ -30,8 +30,6 @@ from omcp_py.errors import ConfigError, OmcpError
 from omcp_py.files import MAX_PATH
 from omcp_py.models import (
     CreateSandboxResult,
-    DownloadResult,
-    ExecutionResult,
     InstallResult,
     ListFilesResult,
     ListSandboxesResult,
@@ -229,7 +227,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
                 description="Seconds before the run and every process it started are killed.",
             ),
         ] = config.execution_timeout,
-    ) -> Annotated[CallToolResult, ExecutionResult]:
+    ) -> CallToolResult:
         """Run Python code in a sandbox; returns stdout, stderr, exit code and figures.
 
         Each run starts fresh, unless the sandbox was created with stateful=true (then
@@ -329,9 +327,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
         annotations=_hints(read_only=True, idempotent=True),
     )
     @tool_errors
-    async def download_file(
-        ctx: Context, sandbox_id: SandboxId, path: FilePath
-    ) -> Annotated[CallToolResult, DownloadResult]:
+    async def download_file(ctx: Context, sandbox_id: SandboxId, path: FilePath) -> CallToolResult:
         """Read a file of a sandbox: text comes as text, PNG/JPEG as an image, other bytes as
         an embedded resource (base64).
 
@@ -339,7 +335,8 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             sandbox_id: the sandbox.
             path: e.g. 'result.csv' (that is /sandbox/result.csv) or '/tmp/plot.png'.
         """
-        return content.download(await _manager(ctx).download(sandbox_id, path))
+        got = await _manager(ctx).download(sandbox_id, path)
+        return content.download(got, limit=config.max_result_size)
 
     @server.tool(
         title="List the files of a sandbox",

@@ -62,10 +62,10 @@ class ExecutionResult(BaseModel):
     """What one run of Python code produced. A failing program is data, not an error."""
 
     success: bool = Field(description="True when the code exited with 0 and did not time out.")
-    output: str = Field(description="What the code wrote to stdout.")
+    output: str = Field(description="What the code wrote to stdout (the 'stdout:' block).")
     error: str | None = Field(
-        description="What it wrote to stderr (tracebacks), plus any notice from the sandbox; "
-        "null when empty."
+        description="What it wrote to stderr (tracebacks), plus any notice from the sandbox "
+        "(the 'stderr:' block); null when empty."
     )
     exit_code: int = Field(description="The process exit code; 128+N when killed by signal N.")
     timed_out: bool = Field(description="True when the time limit killed it.")
@@ -82,7 +82,7 @@ class ExecutionResult(BaseModel):
     images: list[FigureInfo] = Field(
         default_factory=list,
         description="The matplotlib figures the code showed or left open, in order; each is "
-        "an image content block after this result.",
+        "an image content block after the output.",
     )
     images_left_out: int = Field(
         default=0,
@@ -123,7 +123,7 @@ class UploadResult(BaseModel):
 
 
 class DownloadResult(BaseModel):
-    """A file read from a sandbox: text here, an image or other bytes as a content block."""
+    """A file read from a sandbox; the text, image or bytes follow as a content block."""
 
     success: bool = Field(description="True: the whole file was read.")
     path: str = Field(description="Its absolute path in the sandbox.")
@@ -131,8 +131,9 @@ class DownloadResult(BaseModel):
     sha256: str = Field(description="SHA-256 of the content, in hex.")
     mime_type: str = Field(description="Its type, from its first bytes and its name.")
     kind: str = Field(
-        description="'text' (the content is in text), 'image' (an image content block "
-        "follows) or 'binary' (an embedded resource with the bytes in base64 follows)."
+        description="'text' (a text block with the content follows), 'image' (an image "
+        "content block follows) or 'binary' (an embedded resource with the bytes in base64 "
+        "follows)."
     )
     text: str | None = Field(description="The content of a text (UTF-8) file; null otherwise.")
 

@@ -606,7 +606,8 @@ class SandboxManager:
         request = {
             "op": "get",
             "path": files.check_path(path),
-            "max": self.config.max_download_size,
+            # Nothing larger fits one result, whatever form it takes.
+            "max": min(self.config.max_download_size, self.config.max_result_size),
         }
         answer, data = await self._file(sandbox, request)
         return files.download(answer, data)

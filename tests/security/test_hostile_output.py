@@ -11,7 +11,7 @@ import sys
 import time
 
 import anyio
-from conftest import Server, engine_proxy, eventually, start_server
+from conftest import Server, engine_proxy, eventually, fields, start_server
 
 GVISOR = "runsc" in os.environ.get("SANDBOX_RUNTIME", "")
 
@@ -82,7 +82,7 @@ async def test_forged_figures_are_checked(server: Server, sandbox: str) -> None:
         "execute_python_code", {"sandbox_id": sandbox, "code": FORGE, "timeout": 20}
     )
     assert not result.is_error, result.content
-    structured = result.structured_content
+    structured = fields(result)
     images = [block for block in result.content if block.type == "image"]
     assert len(images) == 1 and images[0].mime_type == "image/png", structured
     # Its size is read from the image, not taken from what the code said.
@@ -97,26 +97,38 @@ async def test_forged_figures_are_checked(server: Server, sandbox: str) -> None:
 
 
 async def test_text_that_would_balloon_as_json_comes_as_bytes(server: Server, sandbox: str):
-    # 1 MiB of \x01 is valid UTF-8, but each byte is six as JSON.
-    await server.run(sandbox, "open('/sandbox/ctl.bin', 'wb').write(b'\\x01' * (1 << 20))")
-    result = await server.session.call_tool(
-        "download_file", {"sandbox_id": sandbox, "path": "ctl.bin"}
-    )
-    assert not result.is_error
-    assert result.structured_content["kind"] == "binary", result.structured_content
-    assert result.structured_content["text"] is None
-    wire = len(result.model_dump_json(by_alias=True))
-    assert wire < 1.5 * (1 << 20), wire
-    # Plain text still comes as text, once as JSON and once plainly, not escaped twice.
+    def wire(result) -> int:
+        return len(result.model_dump_json(by_alias=True, exclude_none=True))
+
+    async def download(path: str):
+        return await server.session.call_tool(
+            "download_file", {"sandbox_id": sandbox, "path": path}
+        )
+
+    # 600 KiB of \x01 is valid UTF-8, but each byte is six as JSON.
+    await server.run(sandbox, "open('/sandbox/ctl.bin', 'wb').write(b'\\x01' * 600 * 1024)")
+    result = await download("ctl.bin")
+    assert not result.is_error, result.content
+    assert fields(result)["kind"] == "binary" and fields(result)["text"] is None
+    assert wire(result) < (1 << 20), wire(result)
+    # Plain text comes as text, once, not escaped inside the summary's JSON.
     await server.run(sandbox, "open('/sandbox/t.txt', 'w').write('\"a\"\\n' * 100000)")
-    result = await server.session.call_tool(
-        "download_file", {"sandbox_id": sandbox, "path": "t.txt"}
-    )
-    assert result.structured_content["kind"] == "text"
+    result = await download("t.txt")
+    assert fields(result)["kind"] == "text" and result.structured_content is None
     assert result.content[1].text == '"a"\n' * 100000
     assert "text" not in json.loads(result.content[0].text)
-    # Each 4-byte line is 7 bytes as JSON; escaped twice it would be 12 in the text block.
-    assert len(result.model_dump_json(by_alias=True)) < 2 * 700_000 + 10_000
+    # Each 4-byte line is 7 bytes as JSON; sent twice it would be 14.
+    assert wire(result) < 700_000 + 10_000, wire(result)
+    # 700 kB of quotes would be 1.4 MB as JSON text: it comes as bytes (933 kB base64).
+    await server.run(sandbox, "open('/sandbox/q.txt', 'w').write('\"' * 700_000)")
+    result = await download("q.txt")
+    assert not result.is_error, result.content
+    assert fields(result)["kind"] == "binary" and wire(result) < (1 << 20), wire(result)
+    # 1 MB of them fits no form: refused, saying why and what to do.
+    await server.run(sandbox, "open('/sandbox/q.txt', 'w').write('\"' * 1_000_000)")
+    message = await server.error("download_file", {"sandbox_id": sandbox, "path": "q.txt"})
+    assert "/sandbox/q.txt is 1,000,000 bytes; as a result it would take" in message, message
+    assert "over MAX_RESULT_SIZE=1m" in message
     await alive(server)
 
 

@@ -1,7 +1,7 @@
 """Attacks through output: floods, binary and invalid UTF-8, control characters, text
 that looks like the protocol. Output is capped data; the server's memory stays bounded."""
 
-from conftest import Server, peak_rss_mb
+from conftest import Server, fields, peak_rss_mb
 
 
 async def test_a_100_mb_flood_is_truncated(server: Server, sandbox: str) -> None:
@@ -37,7 +37,7 @@ async def test_one_result_stays_under_the_size_clients_accept(server: Server, sa
         )
         wire = len(result.model_dump_json(by_alias=True, exclude_none=True))
         assert wire <= 1024 * 1024 - 1024, (code, wire)
-        structured = result.structured_content
+        structured = fields(result)
         assert structured["truncated"] is True and structured["success"] is True
         assert "Output cut to keep the result under MAX_RESULT_SIZE=1m" in structured["error"]
         assert len(structured["output"]) > 10_000  # cut, not dropped

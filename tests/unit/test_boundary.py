@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import pytest
+from conftest import fields
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -275,7 +276,8 @@ def test_an_execution_result_is_fitted_to_max_result_size(stdout, stderr) -> Non
     ).figures
     fitted = content.execution(Execution(result, figure), limit=1 << 20)
     assert len(fitted.model_dump_json(by_alias=True, exclude_none=True)) <= (1 << 20) - 1024
-    structured = fitted.structured_content
+    assert fitted.structured_content is None
+    structured = fields(fitted)
     assert structured["truncated"] is True
     assert structured["output"].startswith(stdout[:1000]) and structured["output"].endswith(
         stdout[-1000:]
@@ -283,4 +285,67 @@ def test_an_execution_result_is_fitted_to_max_result_size(stdout, stderr) -> Non
     assert "Output cut to keep the result under MAX_RESULT_SIZE=1m" in structured["error"]
     if stderr and "[omcp_py]" in stderr:  # the notices of the run survive the cut
         assert "[omcp_py] Execution timed out after 5 s." in structured["error"]
-    assert [b.type for b in fitted.content] == ["text", "image"]
+    assert [b.type for b in fitted.content] == ["text", "text", "text", "image"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    out=st.text(max_size=2000),
+    err=st.none() | st.text(min_size=1, max_size=2000),
+    figures=st.integers(0, 3),
+)
+def test_a_run_carries_each_stream_once_then_its_figures(out, err, figures) -> None:
+    result = ExecutionResult(
+        success=True,
+        output=out,
+        error=err,
+        exit_code=0,
+        timed_out=False,
+        duration_ms=1.0,
+    )
+    images = check_figures(
+        [{"mime": "image/png", "data": base64.b64encode(PNG).decode()}] * figures,
+        0,
+        budget=800_000,
+    ).figures
+    built = content.execution(Execution(result, images), limit=1 << 20)
+    assert built.structured_content is None
+    summary = json.loads(built.content[0].text)
+    assert "output" not in summary and "error" not in summary
+    back = fields(built)
+    assert back["output"] == out and back["error"] == err
+    types = [b.type for b in built.content]
+    assert types == ["text"] * (1 + bool(out) + bool(err)) + ["image"] * figures
+
+
+def _got(data: bytes, path: str = "/sandbox/f"):
+    from omcp_py.files import download
+
+    return download({"path": path}, data)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "blocks"),
+    [
+        (b"a,b\n1,2\n", "text", ["text", "text"]),
+        (b'"' * 600_000, "binary", ["text", "resource"]),  # 1.2 MB as JSON text
+        (PNG, "image", ["text", "image"]),
+        (b"\x00\x01" * 1000, "binary", ["text", "resource"]),
+    ],
+)
+def test_a_download_goes_once_in_the_form_that_fits(data, kind, blocks) -> None:
+    built = content.download(_got(data), limit=1 << 20)
+    assert built.structured_content is None
+    assert [b.type for b in built.content] == blocks
+    summary = fields(built)
+    assert summary["kind"] == kind and summary["size"] == len(data)
+    assert len(built.model_dump_json(by_alias=True, exclude_none=True)) <= (1 << 20) - 1024
+    if kind == "text":
+        assert built.content[1].text == data.decode()
+
+
+def test_a_download_that_fits_no_form_is_refused() -> None:
+    from omcp_py.errors import FileRefused
+
+    with pytest.raises(FileRefused, match=r"/sandbox/f is 900,000 bytes; as a result it would"):
+        content.download(_got(b'"' * 900_000), limit=1 << 20)
