@@ -9,9 +9,12 @@ from conftest import TOOLS, Server, ToolFailed, start_server
 async def test_tools_list_describes_every_tool(server: Server) -> None:
     tools = {t.name: t for t in (await server.session.list_tools()).tools}
     assert set(tools) == TOOLS
-    for tool in tools.values():
-        assert tool.title and tool.description and tool.output_schema
-        assert tool.annotations is not None
+    # The two tools whose results carry media declare no output schema: a client that
+    # keeps only structuredContent (Claude Code) would drop their images.
+    media = {"execute_python_code", "download_file"}
+    for name, tool in tools.items():
+        assert tool.title and tool.description and tool.annotations is not None
+        assert (tool.output_schema is None) == (name in media), name
     assert tools["list_sandboxes"].annotations.read_only_hint is True
     assert tools["remove_sandbox"].annotations.destructive_hint is True
     props = tools["execute_python_code"].input_schema["properties"]
