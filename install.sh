@@ -47,6 +47,17 @@ say "uv $("$uv" --version | cut -d' ' -f2) ($uv)"
   || fail "uv sync failed (behind a TLS-intercepting proxy: set SSL_CERT_FILE to your CA bundle)"
 say "environment ready: $(pwd)/.venv"
 
-# 4. The engine, the image, a real sandbox, and the Claude Desktop config.
+# 4. A CA bundle given to uv (a TLS-intercepting proxy) is the one the sandboxes'
+# installer needs too. Kept in ./.env, so that every later command run from here has
+# it; doctor checks it and writes it into the client config it prints.
+if [ -n "${SSL_CERT_FILE:-}" ] && [ -z "${PACKAGE_CA_BUNDLE:-}" ] \
+  && ! grep -qs '^PACKAGE_CA_BUNDLE=' .env; then
+  if [ -s .env ] && [ -n "$(tail -c1 .env)" ]; then printf '\n' >> .env; fi
+  printf 'PACKAGE_CA_BUNDLE=%s\n' "$SSL_CERT_FILE" >> .env
+  say "wrote PACKAGE_CA_BUNDLE=$SSL_CERT_FILE (your SSL_CERT_FILE) to $(pwd)/.env: the sandboxes' installer trusts it too"
+fi
+say "run omcp_py as $(pwd)/.venv/bin/omcp_py (or: $uv run omcp_py, from $(pwd))"
+
+# 5. The engine, the image, a real sandbox, and the Claude Desktop config.
 say ""
 exec .venv/bin/omcp_py doctor

@@ -217,25 +217,45 @@ def test_install_sh_is_shellcheck_clean() -> None:
     assert proc.returncode == 0, proc.stdout
 
 
-def test_install_sh_from_nothing_then_again(repo_copy: Path, tmp_path: Path, docker_client):
-    """No uv on PATH and an empty HOME: it installs uv, syncs, runs doctor; a second run
-    changes nothing and passes again."""
+def quick_start_lines() -> list[str]:
+    """The commands of README's Quick start, as a newcomer types them."""
+    section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_quick_start_from_nothing_then_again(repo_copy: Path, tmp_path: Path, docker_client):
+    """README's Quick start, line by line, with no uv on PATH and an empty HOME: it
+    installs uv, syncs, runs doctor, and the next lines work as written; install.sh
+    run again changes nothing and passes again."""
     python = shutil.which("python3", path="/usr/bin:/bin")
     assert python, "a system python3 is needed"
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    for name in ("PIP_CERT", "SSL_CERT_FILE", "PIP_INDEX_URL", "UV_INDEX_URL", "DOCKER_HOST"):
+    for name in ("PIP_CERT", "PIP_INDEX_URL", "UV_INDEX_URL", "DOCKER_HOST"):
         if name in os.environ:
             env[name] = os.environ[name]
-    # doctor checks the installer's reach to the index: behind this machine's
-    # TLS-intercepting proxy a user sets PACKAGE_CA_BUNDLE, as doctor says.
-    if ca_bundle() is not None:
-        env["PACKAGE_CA_BUNDLE"] = str(ca_bundle())
-    first = run(["./install.sh"], cwd=repo_copy, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
+    # Behind this machine's TLS-intercepting proxy a user gives install.sh the bundle
+    # as SSL_CERT_FILE, as README says; it becomes PACKAGE_CA_BUNDLE for doctor.
+    bundle = ca_bundle()
+    if bundle is not None:
+        env["SSL_CERT_FILE"] = str(bundle)
+    lines = quick_start_lines()
+    assert lines[0] == "./install.sh", lines
+    done = [run(["bash", "-c", line], cwd=repo_copy, env=env) for line in lines]
+    for line, proc in zip(lines, done, strict=True):
+        assert proc.returncode == 0, (line, proc.stdout[-3000:], proc.stderr[-3000:])
+    first, doctor, helped = done[0], done[1], done[-1]
     assert "uv not found: installing it" in first.stdout
-    assert "All checks passed." in first.stdout
+    assert "All checks passed." in first.stdout and "All checks passed." in doctor.stdout
     assert f'"command": "{repo_copy}/.venv/bin/omcp_py"' in first.stdout
+    assert f"run omcp_py as {repo_copy}/.venv/bin/omcp_py" in first.stdout
+    if bundle is not None:
+        assert f"wrote PACKAGE_CA_BUNDLE={bundle}" in first.stdout
+        assert (repo_copy / ".env").read_text() == f"PACKAGE_CA_BUNDLE={bundle}\n"
+        assert f'"PACKAGE_CA_BUNDLE": "{bundle}"' in doctor.stdout, doctor.stdout[-2000:]
+    assert "usage: omcp_py" in helped.stdout and "doctor" in helped.stdout
     again = run(["./install.sh"], cwd=repo_copy, env=env)
+    (repo_copy / ".env").unlink(missing_ok=True)  # the copy serves other tests (compose)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "installing" not in again.stdout and "All checks passed." in again.stdout
 
