@@ -139,6 +139,50 @@ def test_every_tool_has_errors_and_an_example() -> None:
         assert "```json" in section, f"{name}: no example"
 
 
+# In the reference's error texts: what is filled in when the error happens (values,
+# paths, ids, "…"), and words that come from elsewhere at run time (the OS's strerror,
+# the kind of a special file, the limit an engine lacks).
+_FILLED_IN = re.compile(
+    r"…|\.\.\.|\b[XNM]\b|'x'|\d[\d,.:T+-]*\w*|/[\w/.]+"
+    r"|No space left on device|a FIFO|memory limit"
+)
+
+
+def _product_text() -> str:
+    """The product's source with adjacent string literals joined as Python joins them,
+    and without the backticks its messages put around commands."""
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "src/omcp_py").rglob("*.py")))
+    text = re.sub(r"[\"']\s*\n\s*[rbf]*[\"']", "", text)
+    return text.replace("\\'", "'").replace("`", "")
+
+
+def documented_errors() -> list[str]:
+    """Every error text the reference quotes in its "Errors:" paragraphs."""
+    spans = []
+    for section in re.findall(r"\nErrors:(.*?)(?:\n\n|$)", API.read_text(), flags=re.S):
+        spans += re.findall(r"`([^`]+)`", " ".join(section.split()))
+    return spans
+
+
+def test_documented_error_texts_are_what_the_code_says() -> None:
+    # Each sentence of each quoted error, between the parts filled in at run time, is in
+    # the code's messages: no error text the server never says.
+    source = _product_text()
+    errors = documented_errors()
+    assert len(errors) > 30, errors
+    stale = {}
+    for text in errors:
+        pieces = [
+            piece.strip(" '\".")
+            for part in _FILLED_IN.split(text)
+            for piece in re.split(r"(?<=[.:;])\s+", part)
+        ]
+        missing = [p for p in pieces if len(p) >= 12 and p not in source]
+        if missing:
+            stale[text] = missing
+    assert not stale, stale
+
+
 def test_settings_tables_match_the_model() -> None:
     for path in SETTINGS_FILES:
         assert _block(path.read_text(), "settings") == settings_table(), (

@@ -99,12 +99,15 @@ def _too_large_upload(size: int, limit: int) -> InvalidArgument:
 def _too_large(config: SandboxConfig) -> str:
     # A download is one result: MAX_RESULT_SIZE bounds it too, and the smaller one binds.
     if config.max_download_size <= config.max_result_size:
-        setting, value = "MAX_DOWNLOAD_SIZE", config.max_download_size
-    else:
-        setting, value = "MAX_RESULT_SIZE", config.max_result_size
+        return (
+            f"The limit is {config.max_download_size:,} bytes (MAX_DOWNLOAD_SIZE="
+            f"{format_size(config.max_download_size)}): make it smaller in the sandbox "
+            f"(compress it, or split it and download the parts), or raise MAX_DOWNLOAD_SIZE."
+        )
     return (
-        f"The limit is {value:,} bytes ({setting}={format_size(value)}): make it smaller in "
-        f"the sandbox (compress it, or split it and download the parts), or raise {setting}."
+        f"The limit is {config.max_result_size:,} bytes (MAX_RESULT_SIZE="
+        f"{format_size(config.max_result_size)}): make it smaller in the sandbox (compress "
+        f"it, or split it and download the parts), or raise MAX_RESULT_SIZE."
     )
 
 
