@@ -53,9 +53,18 @@ def _given(value: Any) -> str:
     return "got a list" if isinstance(value, list) else "got an object"
 
 
+def _part(part: Any) -> str:
+    # A key is the caller's text: a plain name as it is, anything else quoted (a newline
+    # would break the one line, and a long one would flood it).
+    text = str(part)
+    if text.isidentifier() or isinstance(part, int):
+        return text if len(text) <= 64 else text[:64] + "..."
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
 def _one(error: dict[str, Any], accepted: list[str]) -> str:
     kind = error.get("type", "")
-    name = ".".join(str(part) for part in error.get("loc", ())) or "the arguments"
+    name = ".".join(_part(part) for part in error.get("loc", ())) or "the arguments"
     given = _given(error.get("input"))
     if kind == "missing":
         return f"{name} is required"
@@ -70,7 +79,7 @@ def _one(error: dict[str, Any], accepted: list[str]) -> str:
     if kind == "literal_error":
         expected = (error.get("ctx") or {}).get("expected", "")
         return f"{name} must be one of {expected} ({given})"
-    message = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
+    message = " ".join(str(error.get("msg", "is not valid")).removeprefix("Value error, ").split())
     return f"{name}: {message} ({given})"
 
 
