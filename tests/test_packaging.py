@@ -24,6 +24,7 @@ from conftest import (
 from mcp.client.stdio import StdioServerParameters
 
 from omcp_py.config import documented_settings
+from omcp_py.runner.assemble import PARTS
 
 BIN = Path(sys.executable).parent
 SERVER_IMAGE = "omcp_py:test"
@@ -279,7 +280,8 @@ def test_wheel_serves_through_the_inspector(tmp_path: Path, docker_client) -> No
     (wheel,) = (tmp_path / "dist").glob("omcp_py-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "omcp_py/sandbox_image/Dockerfile" in names
-    assert "omcp_py/runner/sandbox_runner.py" in names
+    # PID 1 is assembled from its parts when a sandbox starts: every part ships.
+    assert {f"omcp_py/runner/pid1/{part}.py" for part in PARTS} <= set(names)
     npx = needs("npx", "install Node.js")
     listed = run(
         [

@@ -9,15 +9,14 @@ test imports it without Docker.
 import base64
 import binascii
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
-# What a run may return as figures (the runner draws at most this many).
-MAX_FIGURES = 20
-IMAGE_SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+# What a run may return as figures: PID 1's own limits, from the one place they live.
+from omcp_py.runner.pid1.figures import IMAGE_SIGNATURES, MAX_FIGURES, image_size
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BASE64 = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
 
@@ -61,24 +60,6 @@ def clean(value: Any) -> Any:
             return value
         return pairs
     return value
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of a PNG or JPEG, read from its header; (0, 0) if unknown."""
-    if data[:8] == IMAGE_SIGNATURES["image/png"] and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return int(width), int(height)
-    index = 2
-    while index + 9 < len(data) and data[index] == 0xFF:
-        marker = data[index + 1]
-        length = struct.unpack(">H", data[index + 2 : index + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2):
-            height, width = struct.unpack(">HH", data[index + 5 : index + 9])
-            return int(width), int(height)
-        if length < 2:
-            break
-        index += 2 + length
-    return 0, 0
 
 
 @dataclass

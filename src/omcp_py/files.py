@@ -1,7 +1,7 @@
 """Host side of the file tools: argument checks, what the runner's refusals mean, and
 what a downloaded file is (image, text or other bytes).
 
-The confinement itself happens in the sandbox (sandbox_runner.py): a fork that is the
+The confinement itself happens in the sandbox (runner/pid1/files.py): a fork that is the
 code's user walks the path without following links. What is checked here only makes
 the error arrive sooner and say more.
 """

@@ -8,8 +8,10 @@ from typing import Any
 
 from omcp_py.config import SandboxConfig
 from omcp_py.runner import source
+from omcp_py.runner.assemble import program
+from omcp_py.runner.pid1.protocol import CODE_GID, CODE_UID
 
-SANDBOX_USER = "1000:1000"
+SANDBOX_USER = f"{CODE_UID}:{CODE_GID}"
 # PID 1 (the runner) runs as root with these capabilities only, so that the code can
 # run as another user (SANDBOX_USER) that cannot signal, trace or read it: SETUID and
 # SETGID to switch user in each forked child, SETPCAP to empty that child's capability
@@ -46,7 +48,7 @@ def _tmpfs(size: int, mode: str, owned: bool) -> str:
     # engines (Podman) may not, so they are written out. Code that must load compiled
     # code installs it into the package volume, which is not noexec.
     options = f"rw,noexec,nosuid,nodev,size={size},mode={mode}"
-    return options + (",uid=1000,gid=1000" if owned else "")
+    return options + (f",uid={CODE_UID},gid={CODE_GID}" if owned else "")
 
 
 # Memory of gVisor's own kernel, given on top of SANDBOX_MEMORY (it used 45-70 MiB
@@ -107,7 +109,7 @@ def sandbox_run_kwargs(
         # init), so its kill(-1) after a run never stops the sandbox. The host reaches
         # it on the container's stdin/stdout (attach).
         "command": python_command(
-            source("sandbox_runner.py"),
+            program(),
             SANDBOX_USER,
             WORKDIR,
             str(config.sandbox_pids_limit if own_kernel(config) else 0),
@@ -169,7 +171,7 @@ def volume_owner_kwargs(
         "image": config.docker_image,
         "command": python_command(
             f"import os; os.chmod({_INSTALL_TARGET!r}, 0o755); "
-            f"os.chown({_INSTALL_TARGET!r}, 1000, 1000)"
+            f"os.chown({_INSTALL_TARGET!r}, {CODE_UID}, {CODE_GID})"
         ),
         "labels": labels,
         "user": "0:0",

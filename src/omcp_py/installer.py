@@ -22,10 +22,10 @@ from omcp_py.config import SandboxConfig
 from omcp_py.engine import read_timed_out
 from omcp_py.errors import EngineError
 from omcp_py.hardening import index_probe_kwargs, installer_run_kwargs, volume_owner_kwargs
+from omcp_py.runner.sandbox_install import MARKER
 
 log = logging.getLogger(__name__)
 
-MARKER = "@@omcp-install-result@@"
 # The script in the container caps pip's log at about 64 KiB; this bounds what we
 # read even if something else writes to its stdout.
 _LOG_CAP = 256 * 1024

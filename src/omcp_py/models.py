@@ -4,6 +4,8 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
+from omcp_py.runner.pid1.protocol import LIST_BYTES, LIST_LIMIT
+
 
 def utc_iso(epoch: float) -> str:
     """A Unix time as the results write it: ISO 8601, UTC, to the second."""
@@ -156,7 +158,8 @@ class ListFilesResult(BaseModel):
     entries: list[FileEntry] = Field(description="Everything under it, sorted by path.")
     count: int = Field(description="How many entries are listed.")
     truncated: bool = Field(
-        description="True when the listing was cut (over 1000 entries or about 512 KiB of names "
+        description=f"True when the listing was cut (over {LIST_LIMIT} entries or about "
+        f"{LIST_BYTES // 1024} KiB of names "
         "and link targets): the rest is left out.",
     )
     free_bytes: int = Field(description="Room left on the filesystem of that directory, in bytes.")

@@ -1,5 +1,5 @@
 """Host side of a sandbox's runner: the container's own stdin and stdout, reached
-with docker attach, carrying framed requests and answers (see sandbox_runner.py).
+with docker attach, carrying framed requests and answers (pid1/protocol.py).
 
 Blocking (sockets and Docker calls): call it from a worker thread, one request at a
 time per connection.
@@ -22,6 +22,21 @@ from typing import Any
 from omcp_py.boundary import Figure, check_figures, clean
 from omcp_py.cancel import Stop
 from omcp_py.hardening import SANDBOX_USER, python_command
+from omcp_py.runner.pid1.protocol import (
+    CANCEL,
+    DATA,
+    EXECUTE,
+    FILES,
+    FRAME,
+    PROGRESS,
+    RESET,
+    RESULT,
+    STDERR,
+    STDERR_TAIL,
+    STDOUT,
+    STDOUT_TAIL,
+    SYNC,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +54,6 @@ KILL_ALL_SOURCE = (
     "    time.sleep(0.002)\n"
 )
 _DOCKER_HEADER = struct.Struct(">BxxxI")
-_FRAME_HEADER = struct.Struct(">cII")
 _DIAGNOSTIC_CAP = 16 * 1024
 SYNC_SECONDS = 15.0  # for the runner's echo on a new connection
 
@@ -153,12 +167,12 @@ class RunnerConnection:
         assert sock is not None
         nonce = os.urandom(16).hex().encode()
         rid = next(self._ids)
-        echo = _FRAME_HEADER.pack(b"r", rid, len(nonce)) + nonce
+        echo = FRAME.pack(RESULT, rid, len(nonce)) + nonce
         deadline = time.monotonic() + SYNC_SECONDS
         with self._closed_when_broken():
             sock.settimeout(SYNC_SECONDS)
             with self._send_lock:
-                sock.sendall(_FRAME_HEADER.pack(b"s", rid, len(nonce)) + nonce)
+                sock.sendall(FRAME.pack(SYNC, rid, len(nonce)) + nonce)
             while True:
                 self._demux()
                 at = self._frames.find(echo)
@@ -244,10 +258,10 @@ class RunnerConnection:
         def cancellable() -> None:
             # Registered once the request is out, so the cancel always follows it.
             if stop is not None:
-                stop.on_stop(lambda: self._send_quietly(b"c", rid))
+                stop.on_stop(lambda: self._send_quietly(CANCEL, rid))
 
         reply = self._request(
-            b"x",
+            EXECUTE,
             rid,
             header.encode() + b"\n" + code,
             started + timeout + HOST_GRACE_SECONDS,
@@ -277,7 +291,7 @@ class RunnerConnection:
             sock = self._sock
             if sock is not None:
                 with contextlib.suppress(OSError):
-                    sock.sendall(_FRAME_HEADER.pack(kind, rid, 0))
+                    sock.sendall(FRAME.pack(kind, rid, 0))
 
     def file_op(
         self, request: dict[str, Any], content: bytes = b"", timeout: float = 60.0
@@ -299,7 +313,7 @@ class RunnerConnection:
         blob = _Blob()
         payload = json.dumps(request).encode() + b"\n" + content
         reply = self._request(
-            b"f",
+            FILES,
             next(self._ids),
             payload,
             time.monotonic() + timeout,
@@ -321,7 +335,7 @@ class RunnerConnection:
         """
         self.connect()
         reply = self._request(
-            b"z", next(self._ids), b"", time.monotonic() + timeout, None, max_frame=1024 * 1024
+            RESET, next(self._ids), b"", time.monotonic() + timeout, None, max_frame=1024 * 1024
         )
         if reply is None:
             raise RunnerGone("the runner did not answer the reset")
@@ -343,7 +357,7 @@ class RunnerConnection:
         with self._closed_when_broken():
             sock.settimeout(max(10.0, len(payload) / (1024 * 1024)))
             with self._send_lock:
-                sock.sendall(_FRAME_HEADER.pack(kind, rid, len(payload)) + payload)
+                sock.sendall(FRAME.pack(kind, rid, len(payload)) + payload)
                 if sent is not None:
                     sent()
             while True:
@@ -405,18 +419,18 @@ class RunnerConnection:
         # Docker's multiplexing first, then our frames; frames of an abandoned request
         # are skipped.
         self._demux()
-        while len(self._frames) >= _FRAME_HEADER.size:
-            kind, frame_rid, size = _FRAME_HEADER.unpack_from(self._frames)
+        while len(self._frames) >= FRAME.size:
+            kind, frame_rid, size = FRAME.unpack_from(self._frames)
             if size > max_frame:
                 raise RunnerGone(f"oversized frame {kind!r} of {size} bytes")
-            end = _FRAME_HEADER.size + size
+            end = FRAME.size + size
             if len(self._frames) < end:
                 return None
-            payload = bytes(self._frames[_FRAME_HEADER.size : end])
+            payload = bytes(self._frames[FRAME.size : end])
             del self._frames[:end]
             if frame_rid != rid:
                 continue
-            if kind == b"r":
+            if kind == RESULT:
                 return _answer(payload)
             if collected is not None:
                 collected.add(kind, payload)
@@ -489,7 +503,7 @@ class _Collected:
         self.progress = progress
 
     def add(self, kind: bytes, payload: bytes) -> None:
-        if kind == b"p":
+        if kind == PROGRESS:
             if self.progress is not None:
                 try:
                     report = json.loads(payload)
@@ -499,13 +513,13 @@ class _Collected:
                     return
                 self.progress(elapsed, out, err)
             return
-        if kind == b"o":
+        if kind == STDOUT:
             self.stdout.add_head(payload)
-        elif kind == b"e":
+        elif kind == STDERR:
             self.stderr.add_head(payload)
-        elif kind == b"O":
+        elif kind == STDOUT_TAIL:
             self.stdout.set_tail(payload)
-        elif kind == b"E":
+        elif kind == STDERR_TAIL:
             self.stderr.set_tail(payload)
 
 
@@ -516,7 +530,7 @@ class _Blob:
         self.data = bytearray()
 
     def add(self, kind: bytes, payload: bytes) -> None:
-        if kind == b"d":
+        if kind == DATA:
             self.data += payload
 
 

@@ -99,4 +99,5 @@ def main():
     write(("\n%s %s\n" % (MARKER, json.dumps(result))).encode())
 
 
-main()
+if __name__ == "__main__":  # run as `python3 -I -c SOURCE`; imported, it only defines
+    main()

@@ -1,0 +1,119 @@
+"""Becoming the code's user: the identity argv gives, an empty capability set,
+the seccomp filter, the code's directory and its process limit."""
+
+import builtins
+import io
+import os
+import signal
+import sys
+import types
+
+from omcp_py.runner.pid1.figures import PyplotHook
+from omcp_py.runner.pid1.procs import _prctl, set_dumpable
+from omcp_py.runner.pid1.protocol import CODE_GID, CODE_UID
+from omcp_py.runner.pid1.seccomp import install_seccomp
+
+PR_CAPBSET_DROP = 24
+
+
+class CODE:
+    """Who runs the code, and where: PID 1's argv sets these once at start (loop.main).
+    Set on this class, never rebound, so every part sees the same values whether the
+    parts are imported (tests) or assembled into one program."""
+
+    uid = CODE_UID
+    gid = CODE_GID
+    dir = "/sandbox"
+    nproc = 0  # processes the code's user may have (0: the host's pids limit does it)
+
+
+def status_fields():
+    with open("/proc/self/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def become_code_user():
+    """In a fresh fork of PID 1 (root, a few capabilities): become the code's user with
+    no capability left, not even in the bounding set. Exits if that did not work."""
+    uid, gid = CODE.uid, CODE.gid
+    if CODE.nproc:
+        # Under gVisor the host's pids limit counts gVisor's own threads, not the
+        # code's processes: its kernel counts those, per user.
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NPROC, (CODE.nproc, CODE.nproc))
+    if os.getuid() == 0:
+        if _prctl is not None:
+            for cap in range(64):
+                if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                    break  # past the last capability this kernel has
+        os.setgroups([])
+        os.setgid(gid)  # as root these set the real, effective and saved ids
+        os.setuid(uid)
+    fields = status_fields()
+    caps = [fields.get(name, "0").strip() for name in ("CapInh", "CapPrm", "CapEff", "CapAmb")]
+    if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid or int("".join(caps), 16):
+        os.write(2, b"omcp runner: could not drop to the sandbox user; not running code\n")
+        os._exit(70)
+    if not install_seccomp():
+        os.write(2, b"omcp runner: could not load the seccomp filter; not running code\n")
+        os._exit(70)
+    os.chdir(CODE.dir)
+
+
+def become_code_process(out_w, err_w, keep=()):
+    """In a fresh fork: drop PID 1's duties and privileges, wire stdio to the pipes."""
+    become_code_user()
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    close_all_but(keep)
+    set_dumpable(1)
+    try:
+        # Under memory pressure the kernel kills the code, never PID 1.
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    # Unbuffered, like `python -u`: output written before a timeout kill is kept.
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        write_through=True,
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        write_through=True,
+    )
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    # -I protected the runner from files in the working directory; the code gets the
+    # usual `python -c` search path back.
+    sys.path[0:0] = [""]  # the package directory is added before each run
+    sys.argv = ["-c"]
+    sys.dont_write_bytecode = True
+    # No display here: matplotlib draws off screen (so do programs the code starts),
+    # and plt.show() hands the figures to the result.
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    sys.meta_path.insert(0, PyplotHook())
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    return main
+
+
+def close_all_but(keep):
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1024)
