@@ -30,7 +30,7 @@ from omcp_py.config import format_size
 from omcp_py.errors import FileRefused
 from omcp_py.files import Download
 from omcp_py.models import DownloadResult, ExecutionResult
-from omcp_py.sandbox_manager import Execution
+from omcp_py.sandboxes import Execution
 
 # The label lines of the output blocks; a reader splits a block at its first newline.
 STDOUT, STDERR = "stdout:", "stderr:"

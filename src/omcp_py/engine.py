@@ -1,4 +1,8 @@
-"""The connection to the Docker engine: made on first use, remade after a failure.
+"""The connection to the Docker engine: made on first use, remade after a failure;
+and the one place docker-py's exceptions are translated: connection failures and
+refusals into our errors (``Engine.errors()``), and the few refusals callers act on
+told apart (``refusal()``: status codes first, the engine's words only where it gives
+nothing else, as docker-py's own ``errors.py`` maps HTTP answers in one function).
 
 The docker SDK is imported here, lazily, so that importing omcp_py (and starting
 the server) costs nothing when Docker is slow or absent.
@@ -159,3 +163,31 @@ def _os_error(exc: BaseException, depth: int = 0) -> OSError | None:
             if found is not None:
                 return found
     return None
+
+
+# What refusal() tells apart.
+MISSING = "missing"  # no such container or volume
+IMAGE_MISSING = "image_missing"
+CONFLICT = "conflict"  # in use, being removed, or not running
+BIND_SOURCE_MISSING = "bind_source_missing"  # a host path to mount is not on the engine's host
+NETWORK_MISSING = "network_missing"
+OTHER = "other"
+
+
+def refusal(exc: Exception) -> str:
+    """Which of the refusals above a docker-py ``APIError`` is."""
+    import docker
+
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return IMAGE_MISSING
+    explanation = str(getattr(exc, "explanation", None) or exc)
+    # The engine answers these with a generic status: its words are all there is.
+    if "bind source path does not exist" in explanation:
+        return BIND_SOURCE_MISSING
+    if "network" in explanation and "not found" in explanation:
+        return NETWORK_MISSING
+    if isinstance(exc, docker.errors.NotFound):
+        return MISSING
+    if getattr(exc, "status_code", None) == 409 or "is not running" in explanation:
+        return CONFLICT
+    return OTHER

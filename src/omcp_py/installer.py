@@ -19,7 +19,7 @@ from typing import Any
 
 from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig
-from omcp_py.engine import read_timed_out
+from omcp_py.engine import CONFLICT, MISSING, read_timed_out, refusal
 from omcp_py.errors import EngineError
 from omcp_py.hardening import index_probe_kwargs, installer_run_kwargs, volume_owner_kwargs
 from omcp_py.runner.sandbox_install import MARKER
@@ -62,6 +62,7 @@ class Installer:
     def install(
         self,
         volume: str,
+        *,
         labels: dict[str, str],
         pip_args: list[str],
         timeout: float,
@@ -215,8 +216,8 @@ class Installer:
                 inspected = api.inspect_container(container.id)
                 state["oom_killed"] = bool((inspected.get("State") or {}).get("OOMKilled"))
             except docker.errors.APIError as exc:
-                # 404, or 409 "marked for removal": remove_sandbox took it meanwhile.
-                if exc.status_code not in (404, 409):
+                # Gone, or "marked for removal": remove_sandbox took it meanwhile.
+                if refusal(exc) not in (MISSING, CONFLICT):
                     raise
                 state["vanished"] = True
         except docker.errors.NotFound:
@@ -226,6 +227,6 @@ class Installer:
                 try:
                     api.remove_container(container.id, force=True)
                 except docker.errors.APIError as exc:
-                    if exc.status_code != 409:  # 409: a removal is already under way
+                    if refusal(exc) != CONFLICT:  # a removal is already under way
                         log.warning("could not remove installer %s: %s", name, exc)
         return code, output, state

@@ -63,6 +63,8 @@ FilePath = Annotated[
 ]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+# What a tool is handed: its lifespan context is the server's one SandboxManager.
+ToolContext = Context[SandboxManager, Any]
 
 
 def tool_errors(fn: F) -> F:
@@ -97,11 +99,11 @@ def _hints(
     )
 
 
-def _manager(ctx: Context) -> SandboxManager:
+def _manager(ctx: ToolContext) -> SandboxManager:
     return ctx.request_context.lifespan_context
 
 
-def _progress(ctx: Context) -> Callable[[float, float, str], None]:
+def _progress(ctx: ToolContext) -> Callable[[float, float, str], None]:
     """A progress reporter the manager's worker threads can call (a no-op unless the
     client sent a progress token)."""
 
@@ -148,7 +150,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
     )
     @tool_errors
     async def create_sandbox(
-        ctx: Context,
+        ctx: ToolContext,
         timeout: Annotated[
             int, Field(ge=1, le=86400, description="Idle seconds before the sandbox is removed.")
         ] = config.sandbox_timeout,
@@ -177,7 +179,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
     )
     @tool_errors
     async def list_sandboxes(
-        ctx: Context,
+        ctx: ToolContext,
         include_inactive: Annotated[
             bool, Field(description="Also list sandboxes idle past their timeout.")
         ] = False,
@@ -195,7 +197,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
     )
     @tool_errors
     async def remove_sandbox(
-        ctx: Context,
+        ctx: ToolContext,
         sandbox_id: SandboxId,
         force: Annotated[
             bool,
@@ -216,7 +218,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
     )
     @tool_errors
     async def execute_python_code(
-        ctx: Context,
+        ctx: ToolContext,
         sandbox_id: SandboxId,
         code: Annotated[str, Field(description="Python source to run, as a script.")],
         timeout: Annotated[
@@ -249,7 +251,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
         annotations=_hints(destructive=True, idempotent=True),
     )
     @tool_errors
-    async def reset_sandbox_state(ctx: Context, sandbox_id: SandboxId) -> ResetStateResult:
+    async def reset_sandbox_state(ctx: ToolContext, sandbox_id: SandboxId) -> ResetStateResult:
         """Forget the variables, imports and data of a stateful sandbox; its files stay.
 
         Args:
@@ -263,7 +265,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
     )
     @tool_errors
     async def install_package(
-        ctx: Context,
+        ctx: ToolContext,
         sandbox_id: SandboxId,
         package: Annotated[
             str,
@@ -300,7 +302,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
     )
     @tool_errors
     async def upload_file(
-        ctx: Context,
+        ctx: ToolContext,
         sandbox_id: SandboxId,
         path: FilePath,
         text: Annotated[
@@ -320,14 +322,16 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             text: the content as text.
             content_base64: the content as base64, for binary files.
         """
-        return await _manager(ctx).upload(sandbox_id, path, text, content_base64)
+        return await _manager(ctx).files.upload(sandbox_id, path, text, content_base64)
 
     @server.tool(
         title="Get a file from a sandbox",
         annotations=_hints(read_only=True, idempotent=True),
     )
     @tool_errors
-    async def download_file(ctx: Context, sandbox_id: SandboxId, path: FilePath) -> CallToolResult:
+    async def download_file(
+        ctx: ToolContext, sandbox_id: SandboxId, path: FilePath
+    ) -> CallToolResult:
         """Read a file of a sandbox: text comes as text, PNG/JPEG as an image, other bytes as
         an embedded resource (base64).
 
@@ -335,7 +339,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             sandbox_id: the sandbox.
             path: e.g. 'result.csv' (that is /sandbox/result.csv) or '/tmp/plot.png'.
         """
-        got = await _manager(ctx).download(sandbox_id, path)
+        got = await _manager(ctx).files.download(sandbox_id, path)
         return content.download(got, limit=config.max_result_size)
 
     @server.tool(
@@ -344,7 +348,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
     )
     @tool_errors
     async def list_files(
-        ctx: Context,
+        ctx: ToolContext,
         sandbox_id: SandboxId,
         path: Annotated[
             str,
@@ -361,7 +365,7 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
             sandbox_id: the sandbox.
             path: the directory to list, all the way down.
         """
-        return await _manager(ctx).list_files(sandbox_id, path)
+        return await _manager(ctx).files.list(sandbox_id, path)
 
     _strict_arguments(server)
     return server

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
-    from omcp_py.sandbox_manager import Sandbox
+    from omcp_py.sandboxes import Sandbox
 
 log = logging.getLogger(__name__)
 

@@ -1,129 +1,50 @@
-"""SandboxManager: the life of every sandbox of this server, and the only Docker caller.
+"""SandboxManager: the tool verbs over this server's sandboxes.
 
-The engine is the source of truth for which sandboxes exist (labels mark ours);
-the dict kept here is a cache of what the engine does not store (last use, a
-lock per sandbox) and is reconciled with the engine whenever it matters.
-Bookkeeping happens on the event loop; every blocking Docker call runs in a
-worker thread, under a limiter, so a slow sandbox never stalls the others.
+Each verb checks its arguments, takes the sandbox's lock, hands the blocking work to
+a worker thread (``workers``) that calls the engine (``containers``), and shapes the
+result (``outcomes``). The registry of sandboxes (``sandboxes``) is bookkeeping on the
+event loop; ``housekeeping`` keeps it in agreement with the engine, which is the
+source of truth for which sandboxes exist. Files go through ``sandbox_files``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
 
 import anyio
-import anyio.to_thread
 
-from omcp_py import files, ownership
-from omcp_py.boundary import MAX_FIGURES, Figure
-from omcp_py.cancel import Stop
-from omcp_py.config import SandboxConfig, format_size
-from omcp_py.engine import Engine
+from omcp_py import outcomes
+from omcp_py.config import SandboxConfig
+from omcp_py.containers import Containers
 from omcp_py.errors import (
-    ConfigError,
-    EngineError,
-    ImageUnavailable,
     InvalidArgument,
-    IsolationUnavailable,
     OmcpError,
-    SandboxCreateFailed,
     SandboxLimitReached,
     SandboxNotFound,
     SandboxStillActive,
 )
-from omcp_py.hardening import (
-    memory_guard,
-    missing_limits,
-    packages_volume,
-    runtime_problem,
-    sandbox_run_kwargs,
-)
-from omcp_py.images import ImagePuller, Progress, fix_for_missing
-from omcp_py.installer import Installer, RawInstall
+from omcp_py.housekeeping import Housekeeper
+from omcp_py.images import Progress
 from omcp_py.models import (
     CreateSandboxResult,
-    ExecutionResult,
-    FigureInfo,
     InstallResult,
-    ListFilesResult,
     ListSandboxesResult,
     RemoveSandboxResult,
     ResetStateResult,
     SandboxInfo,
-    UploadResult,
     utc_iso,
 )
 from omcp_py.ownership import Owner
-from omcp_py.packages import explain_failure, parse_requirements, pip_arguments
+from omcp_py.packages import parse_requirements
 from omcp_py.pool import WarmPool
-from omcp_py.runner.client import RawExecution, RunnerConnection, RunnerGone
+from omcp_py.sandbox_files import SandboxFiles
+from omcp_py.sandboxes import Execution, Registry, Sandbox, busy, new_id
+from omcp_py.workers import Workers
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-_ID = re.compile(r"^[0-9a-f]{12}$")
-_EXPIRED_REMEMBERED = 1000
-
-
-@dataclass
-class Execution:
-    """What execute() returns: the tool result, and the figures that go with it."""
-
-    result: ExecutionResult
-    figures: list[Figure] = field(default_factory=list)
-
-
-@dataclass
-class Sandbox:
-    """What the server remembers of one of its sandboxes."""
-
-    id: str
-    container_id: str
-    created: float
-    timeout: int
-    stateful: bool = False
-    runner: RunnerConnection | None = None  # the attached stdin/stdout of its PID 1
-    last_used: float = 0.0
-    active: int = 0  # executions and installs under way
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
-    install_lock: anyio.Lock = field(default_factory=anyio.Lock)
-    packages_ready: bool = False  # its package volume belongs to the sandbox user
-
-    @property
-    def busy(self) -> bool:
-        return self.active > 0
-
-    @property
-    def volume(self) -> str:
-        return packages_volume(self.id)
-
-    def idle_seconds(self, now: float) -> float:
-        return 0.0 if self.busy else max(0.0, now - self.last_used)
-
-    def expired(self, now: float) -> bool:
-        return not self.busy and self.idle_seconds(now) >= self.timeout
-
-
-@dataclass(frozen=True)
-class ContainerRecord:
-    """A sandbox container as the engine lists it."""
-
-    id: str
-    name: str
-    labels: dict[str, str]
-    running: bool
-
-    @property
-    def is_installer(self) -> bool:
-        return self.labels.get(ownership.ROLE) == "installer"
 
 
 class SandboxManager:
@@ -137,139 +58,42 @@ class SandboxManager:
             owner: this server's identity on its containers (default: this process).
         """
         self.config = config
-        self.owner = owner or Owner.current()
-        self.engine = Engine(config.sandbox_base_url, config.docker_timeout)
-        self._sandboxes: dict[str, Sandbox] = {}
-        # Ids of sandboxes being created: they hold a slot, and reconciliation must not
-        # mistake their container (created, not yet started) for a stopped one.
-        self._creating: set[str] = set()
-        # Sandboxes the reaper removed (id: when it expired, its timeout), so that a
-        # later call says it expired instead of answering like a typo. Bounded.
-        self._expired: dict[str, tuple[float, int]] = {}
-        self._closing = False
-        self._checked_client: Any = None
-        self.images = ImagePuller()
-        self._exec_limiter: anyio.CapacityLimiter | None = None
-        self._control_limiter: anyio.CapacityLimiter | None = None
-        self._install_limiter: anyio.CapacityLimiter | None = None
+        self.registry = Registry(config.max_sandboxes)
+        self.containers = Containers(config, owner or Owner.current(), self.registry.is_current)
+        self.workers = Workers(config.max_sandboxes)
         self.pool = WarmPool(
             config.sandbox_pool_size,
-            make=lambda sandbox_id: self._control(self._create_container, sandbox_id),
+            make=lambda sandbox_id: self.workers.control(self.containers.create, sandbox_id),
             headroom=lambda: self._containers() < config.max_sandboxes,
-            new_id=_new_id,
+            new_id=new_id,
         )
-
-    # -- lifecycle ---------------------------------------------------------------------
+        self.housekeeper = Housekeeper(
+            config, self.registry, self.pool, self.containers, self.workers
+        )
+        self.files = SandboxFiles(config, self.registry, self.containers, self.workers)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[SandboxManager]:
-        """Run the reaper while the server runs; remove our sandboxes at the end.
+        """Run the reaper and fill the pool while the server runs; remove our sandboxes
+        at the end.
 
         Yields:
             This manager.
         """
-        # One thread per sandbox can sit in a long execution; control calls
-        # (create, list, remove) have their own threads so they never queue behind it.
-        self._exec_limiter = anyio.CapacityLimiter(self.config.max_sandboxes + 2)
-        self._control_limiter = anyio.CapacityLimiter(8)
-        # Installs wait on pip for up to MAX_INSTALL_TIMEOUT: their own threads.
-        self._install_limiter = anyio.CapacityLimiter(self.config.max_sandboxes)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._reaper)
-            # Filled in the background: initialize never waits for it.
-            tg.start_soon(self.pool.fill)
+            tg.start_soon(self.housekeeper.reaper)
+            tg.start_soon(self.pool.fill)  # in the background: initialize never waits
             try:
                 yield self
             finally:
                 tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
-                    await self.shutdown()
+                    await self.housekeeper.shutdown()
 
-    async def shutdown(self) -> None:
-        """Remove every sandbox this server owns (on the engine, not only in the cache)."""
-        self._closing = True
-        self._sandboxes.clear()
-        self.pool.clear()
-        try:
-            containers = await self._control(
-                self._list_containers, {ownership.OWNER: self.owner.instance}
-            )
-        except Exception as exc:  # the engine may be gone at exit; say so and leave
-            log.warning("could not remove this server's sandboxes at exit: %s", exc)
-            return
-        async with anyio.create_task_group() as tg:
-            for container in containers:
-                tg.start_soon(self._remove_quietly, container.id)
-        try:
-            mine = {ownership.OWNER: self.owner.instance}
-            for volume, _ in await self._control(self._list_volumes, mine):
-                await self._control(self._remove_volume, volume)
-        except Exception as exc:
-            log.warning("could not remove this server's package volumes at exit: %s", exc)
-        sandboxes = sum(not c.is_installer for c in containers)
-        log.info("removed %d sandbox(es) at exit", sandboxes)
-        self.engine.close()
-
-    async def _remove_quietly(self, container_id: str) -> None:
-        try:
-            await self._control(self._remove_container, container_id)
-        except Exception as exc:  # one failure must not stop the other removals
-            log.warning("could not remove sandbox container %s: %s", container_id[:12], exc)
-
-    async def _reaper(self) -> None:
-        # At start, in the background (initialize never waits on Docker): say at once
-        # when the engine would drop a limit; every create_sandbox refuses it too.
-        try:
-            await self._control(self._verify_engine)
-        except IsolationUnavailable as exc:
-            log.error("%s", exc)
-        except Exception as exc:  # engine down: the tools say so when they are called
-            log.debug("engine check at start failed: %s", exc)
-        while True:
-            try:
-                await self.reap()
-            except Exception as exc:  # a sweep that fails is retried at the next one
-                log.debug("reaper sweep failed: %s", exc)
-            await anyio.sleep(self.config.reaper_interval)
-
-    async def reap(self) -> None:
-        """Remove our sandboxes idle past their timeout, and orphans of dead servers."""
-        await self._reconcile()
-        for sandbox in list(self._sandboxes.values()):
-            # Checked right before the drop (no await between): a run that started
-            # during an earlier removal keeps its sandbox.
-            now = time.time()
-            if not sandbox.expired(now):
-                continue
-            self._forget(sandbox.id)
-            self._expired[sandbox.id] = (sandbox.last_used + sandbox.timeout, sandbox.timeout)
-            while len(self._expired) > _EXPIRED_REMEMBERED:
-                del self._expired[next(iter(self._expired))]
-            log.info("sandbox %s idle for %.0f s: removing it", sandbox.id, now - sandbox.last_used)
-            await self._control(self._destroy, sandbox.id, sandbox.container_id)
-        orphans = await self._control(self._orphans)
-        for container in orphans:
-            log.info("removing orphan container %s of a server that is gone", container.name)
-            await self._control(self._remove_container, container.id)
-        await self._sweep_volumes()
-
-    async def _sweep_volumes(self) -> None:
-        """Remove package volumes whose sandbox is gone (ours, or of dead servers)."""
-        for volume, labels in await self._control(self._list_volumes, {}):
-            if labels.get(ownership.OWNER) == self.owner.instance:
-                # Listed after it was made: it belongs to a sandbox in the cache or
-                # being created, unless that sandbox is gone.
-                sandbox_id = labels.get(ownership.SANDBOX_ID, "")
-                if sandbox_id in self._sandboxes or sandbox_id in self._creating:
-                    continue
-                if sandbox_id in self.pool.ids():
-                    continue
-            elif not self.owner.is_orphan(labels):
-                continue
-            log.info("removing package volume %s: its sandbox is gone", volume)
-            await self._control(self._remove_volume, volume)
-
-    # -- tools -------------------------------------------------------------------------
+    def _containers(self) -> int:
+        """Sandbox containers this server has or is making, the pool's included."""
+        pool = len(self.pool.ready) + len(self.pool.making)
+        return len(self.registry) + len(self.registry.creating) + pool
 
     async def create(
         self, timeout: int, stateful: bool = False, progress: Progress | None = None
@@ -291,49 +115,13 @@ class SandboxManager:
             ImageUnavailable: the image is not on the engine and could not be pulled.
             DockerUnavailable: the engine cannot be reached.
         """
-        if self._full():
-            await self._reconcile()  # sandboxes removed behind our back free their slots
-        while True:
-            if self._full():
-                raise SandboxLimitReached(
-                    f"Maximum number of sandboxes reached ({self.config.max_sandboxes}): remove "
-                    f"one with remove_sandbox (list_sandboxes shows them), or raise MAX_SANDBOXES."
-                )
-            sandbox = self.pool.take()
-            if sandbox is not None:
-                # Removed behind our back (docker rm, a prune, an engine restart) since
-                # it was made: dropped, and another one taken or made.
-                # Counted as being created while it is checked: no await may leave it
-                # uncounted, or concurrent creates would pass MAX_SANDBOXES.
-                self._creating.add(sandbox.id)
-                try:
-                    alive = await self._control(self._alive, sandbox)
-                except OmcpError:
-                    self.pool.ready.insert(0, sandbox)  # the engine's fault, not the sandbox's
-                    raise
-                finally:
-                    self._creating.discard(sandbox.id)
-                if alive:
-                    break
-                log.info("pool sandbox %s is no longer running: dropped", sandbox.id)
-                await self._remove_quietly(sandbox.container_id)
-                continue
-            if self._containers() >= self.config.max_sandboxes:
-                # The last free slots are pool sandboxes still being made: wait for one.
-                await self.pool.changed()
-                continue
-            sandbox_id = _new_id()
-            self._creating.add(sandbox_id)  # no await between the checks and this reservation
-            try:
-                sandbox = await self._control(self._create_container, sandbox_id, progress)
-            finally:
-                self._creating.discard(sandbox_id)
-            break
-        now = time.time()
-        sandbox.created = sandbox.last_used = now
+        if self.registry.full():
+            await self.housekeeper.reconcile()  # removed behind our back: slots free
+        sandbox = await self._hand_over(progress)
+        sandbox.created = sandbox.last_used = time.time()
         sandbox.timeout = timeout
         sandbox.stateful = stateful
-        self._sandboxes[sandbox.id] = sandbox
+        self.registry.add(sandbox)
         log.info("created sandbox %s (timeout %d s)", sandbox.id, timeout)
         return CreateSandboxResult(
             success=True,
@@ -344,22 +132,45 @@ class SandboxManager:
             stateful=sandbox.stateful,
         )
 
+    async def _hand_over(self, progress: Progress | None) -> Sandbox:
+        """A running sandbox from the pool, or a new one, within MAX_SANDBOXES."""
+        while True:
+            if self.registry.full():
+                raise SandboxLimitReached(
+                    f"Maximum number of sandboxes reached ({self.config.max_sandboxes}): remove "
+                    f"one with remove_sandbox (list_sandboxes shows them), or raise MAX_SANDBOXES."
+                )
+            sandbox = self.pool.take()
+            if sandbox is not None:
+                # Removed behind our back (docker rm, a prune, an engine restart) since it
+                # was made: dropped, and another one taken or made. Counted as being
+                # created while it is checked, so concurrent creates stay within the limit.
+                with self.registry.reserving(sandbox.id):
+                    try:
+                        alive = await self.workers.control(self.containers.alive, sandbox)
+                    except OmcpError:
+                        self.pool.ready.insert(0, sandbox)  # the engine's fault, not its own
+                        raise
+                if alive:
+                    return sandbox
+                log.info("pool sandbox %s is no longer running: dropped", sandbox.id)
+                await self.housekeeper.remove_quietly(sandbox.container_id)
+                continue
+            if self._containers() >= self.config.max_sandboxes:
+                # The last free slots are pool sandboxes still being made: wait for one.
+                await self.pool.changed()
+                continue
+            sandbox_id = new_id()
+            with self.registry.reserving(sandbox_id):  # no await since the checks
+                return await self.workers.control(self.containers.create, sandbox_id, progress)
+
     async def list(self, include_inactive: bool = False) -> ListSandboxesResult:
-        """List this server's sandboxes, as the engine has them.
-
-        Args:
-            include_inactive: also list sandboxes idle past their timeout.
-
-        Returns:
-            The sandboxes, oldest first.
-
-        Raises:
-            DockerUnavailable: the engine cannot be reached.
-        """
-        await self._reconcile()
+        """This server's sandboxes as the engine has them, oldest first; those idle past
+        their timeout only with ``include_inactive``. DockerUnavailable without an engine."""
+        await self.housekeeper.reconcile()
         now = time.time()
         items = []
-        for sandbox in sorted(self._sandboxes.values(), key=lambda s: s.created):
+        for sandbox in sorted(self.registry.all(), key=lambda s: s.created):
             expired = sandbox.expired(now)
             if expired and not include_inactive:
                 continue
@@ -376,28 +187,24 @@ class SandboxManager:
         return ListSandboxesResult(success=True, sandboxes=items, count=len(items))
 
     async def remove(self, sandbox_id: str, force: bool = False) -> RemoveSandboxResult:
-        """Remove a sandbox and everything in it.
-
-        Args:
-            sandbox_id: the sandbox to remove.
-            force: remove it even while it runs code or an install (which then ends).
-
-        Returns:
-            What was done.
+        """Remove a sandbox and everything in it; with ``force`` even while it runs code or
+        an install (which then ends).
 
         Raises:
             SandboxNotFound: no sandbox of this server has that id.
             SandboxStillActive: it is running code or an install and force is False.
             DockerUnavailable: the engine cannot be reached.
         """
-        sandbox = self._get(sandbox_id)
+        sandbox = self.registry.get(sandbox_id)
         if not force and sandbox.busy:
             raise SandboxStillActive(
                 f"Sandbox {sandbox_id} is running code or an install right now: wait for it "
                 f"to finish, or pass force=true to stop it and remove the sandbox."
             )
-        self._forget(sandbox_id)
-        existed = await self._control(self._destroy, sandbox_id, sandbox.container_id)
+        self.registry.forget(sandbox_id)
+        existed = await self.workers.control(
+            self.containers.destroy, sandbox_id, sandbox.container_id
+        )
         if not existed:
             return RemoveSandboxResult(
                 success=True,
@@ -409,7 +216,7 @@ class SandboxManager:
     async def execute(
         self, sandbox_id: str, code: str, timeout: int, progress: Progress | None = None
     ) -> Execution:
-        """Run Python code in a sandbox, in a fresh process.
+        """Run Python code in a sandbox, in a fresh process (or its stateful interpreter).
 
         If the caller is cancelled (the client sent ``notifications/cancelled``), the
         run is stopped in the sandbox at once and the cancellation goes on up.
@@ -429,69 +236,56 @@ class SandboxManager:
             InvalidArgument: the code is too large or cannot be encoded.
             DockerUnavailable: the engine cannot be reached.
         """
-        sandbox = self._get(sandbox_id)
+        sandbox = self.registry.get(sandbox_id)
         # Touched before any await: the reaper, which checks and drops with no await
         # in between, can no longer take this sandbox away from under the run.
-        sandbox.last_used = time.time()
-        payload = self._encode(code)
-        if not 1 <= timeout <= self.config.max_execution_timeout:
-            raise InvalidArgument(
-                f"timeout={timeout} is out of range: use 1 to {self.config.max_execution_timeout} "
-                f"seconds (MAX_EXECUTION_TIMEOUT)."
-            )
-        report = None
-        if progress is not None:
-
-            def report(elapsed: float, stdout: int, stderr: int) -> None:
-                progress(
-                    elapsed,
-                    float(timeout),
-                    f"running for {elapsed:.0f} s of at most {timeout} s; "
-                    f"{stdout:,} bytes of stdout, {stderr:,} of stderr so far",
-                )
-
+        sandbox.touch()
+        payload = outcomes.encode_code(code, self.config.max_code_size)
+        outcomes.check_run_timeout(timeout, self.config.max_execution_timeout)
+        report = outcomes.run_progress(progress, timeout)
         # One execution at a time per sandbox: cleaning up after a run kills every
         # process of the sandbox's user, so two runs must not share a sandbox.
-        async with _busy(sandbox, sandbox.lock):
+        async with busy(sandbox, sandbox.lock):
             try:
-                raw = await self._cancellable(
-                    self._exec_limiter,
+                raw = await self.workers.cancellable(
+                    self.workers.executions,
                     timeout + 10,
-                    lambda stop: self._execute_in(sandbox, payload, timeout, report, stop),
+                    lambda stop: self.containers.execute(
+                        sandbox, payload, timeout=timeout, progress=report, stop=stop
+                    ),
                 )
             except OmcpError as exc:
-                if self._sandboxes.get(sandbox_id) is not sandbox:
-                    raise _removed_during_run(sandbox_id) from None
+                if not self.registry.is_current(sandbox):
+                    raise outcomes.removed_during_run(sandbox_id) from None
                 if isinstance(exc, SandboxNotFound):
-                    self._forget(sandbox_id)
+                    self.registry.forget(sandbox_id)
                 raise
         # remove_sandbox(force=True), or the engine, took it while the code ran.
-        if self._sandboxes.get(sandbox_id) is not sandbox:
-            raise _removed_during_run(sandbox_id)
-        return Execution(self._result(raw, timeout, sandbox.stateful), raw.figures)
+        if not self.registry.is_current(sandbox):
+            raise outcomes.removed_during_run(sandbox_id)
+        result = outcomes.execution_result(
+            raw, timeout=timeout, stateful=sandbox.stateful, config=self.config
+        )
+        return Execution(result, raw.figures)
 
     async def reset_state(self, sandbox_id: str) -> ResetStateResult:
-        """Drop the variables, imports and data of a stateful sandbox.
-
-        Args:
-            sandbox_id: a sandbox created with stateful=True.
-
-        Returns:
-            What was done; files in the sandbox stay.
+        """Drop the variables, imports and data of a stateful sandbox; its files stay.
 
         Raises:
             SandboxNotFound: no such sandbox.
             InvalidArgument: the sandbox is stateless (every run starts fresh already).
         """
-        sandbox = self._get(sandbox_id)
+        sandbox = self.registry.get(sandbox_id)
         if not sandbox.stateful:
             raise InvalidArgument(
                 f"Sandbox {sandbox_id} is stateless: every execution already starts fresh. "
                 f"Create one with create_sandbox(stateful=true) to keep state between runs."
             )
-        sandbox.last_used = time.time()
-        async with _busy(sandbox, sandbox.lock):
-            had_state = await self._run(self._exec_limiter, self._reset_in, sandbox)
+        sandbox.touch()
+        async with busy(sandbox, sandbox.lock):
+            had_state = await self.workers.run(
+                self.workers.executions, self.containers.reset, sandbox
+            )
         message = (
             "The interpreter was ended: the next execution starts with fresh state."
             if had_state
@@ -502,10 +296,8 @@ class SandboxManager:
     async def install(
         self, sandbox_id: str, package: str, timeout: int, progress: Progress | None = None
     ) -> InstallResult:
-        """Install packages into a sandbox, from an installer container.
-
-        If the caller is cancelled, the installer container is killed at once and the
-        cancellation goes on up.
+        """Install packages into a sandbox, from an installer container. If the caller is
+        cancelled, the installer is killed at once and the cancellation goes on up.
 
         Args:
             sandbox_id: the sandbox whose package volume receives them.
@@ -514,676 +306,35 @@ class SandboxManager:
             progress: told the seconds elapsed, every few seconds.
 
         Returns:
-            The outcome; a failed install (unknown package, conflict, unreachable
-            index, timeout) is a normal result with ``success: false``.
+            The outcome; a failed install is a normal result with ``success: false``.
 
         Raises:
             SandboxNotFound: no such sandbox, or it was removed during the install.
             InvalidArgument: ``package`` is not a list of plain requirements.
             DockerUnavailable: the engine cannot be reached.
         """
-        sandbox = self._get(sandbox_id)
+        sandbox = self.registry.get(sandbox_id)
         requirements = parse_requirements(package)
-        if not 1 <= timeout <= self.config.max_install_timeout:
-            raise InvalidArgument(
-                f"timeout={timeout} is out of range: use 1 to {self.config.max_install_timeout} "
-                f"seconds (MAX_INSTALL_TIMEOUT)."
-            )
-        sandbox.last_used = time.time()
-        # Installs into one sandbox take turns (they share its volume); executions
-        # and other sandboxes go on meanwhile.
-        report = None
-        if progress is not None:
-
-            def report(elapsed: float) -> None:
-                message = f"installing for {elapsed:.0f} s of at most {timeout} s"
-                progress(elapsed, float(timeout), message)
-
-        async with _busy(sandbox, sandbox.install_lock):
+        outcomes.check_install_timeout(timeout, self.config.max_install_timeout)
+        sandbox.touch()
+        report = outcomes.install_progress(progress, timeout)
+        # Installs into one sandbox take turns (they share its volume); executions and
+        # other sandboxes go on meanwhile.
+        async with busy(sandbox, sandbox.install_lock):
             try:
-                raw = await self._cancellable(
-                    self._install_limiter,
+                raw = await self.workers.cancellable(
+                    self.workers.installs,
                     timeout + 30,
-                    lambda stop: self._install_in(sandbox, requirements, timeout, report, stop),
+                    lambda stop: self.containers.install(
+                        sandbox, requirements, timeout=timeout, progress=report, stop=stop
+                    ),
                 )
             except OmcpError:
-                if self._sandboxes.get(sandbox_id) is not sandbox:
-                    raise _removed_during_install(sandbox_id) from None
+                if not self.registry.is_current(sandbox):
+                    raise outcomes.removed_during_install(sandbox_id) from None
                 raise
-        if self._sandboxes.get(sandbox_id) is not sandbox or raw.vanished:
-            raise _removed_during_install(sandbox_id)
-        return self._install_result(raw, requirements, timeout)
-
-    # -- files -------------------------------------------------------------------------
-
-    async def upload(
-        self,
-        sandbox_id: str,
-        path: str,
-        text: str | None = None,
-        content_base64: str | None = None,
-    ) -> UploadResult:
-        """Write a file into a sandbox (parent directories are made), replacing any file
-        of that name.
-
-        Args:
-            sandbox_id: the sandbox.
-            path: relative to /sandbox, or absolute under /sandbox or /tmp.
-            text: the content as text (written as UTF-8); or
-            content_base64: the content as base64.
-
-        Returns:
-            Where it is, its size and its SHA-256.
-
-        Raises:
-            SandboxNotFound: no such sandbox.
-            FileRefused: the path leaves the sandbox's files, goes through a link, names
-                a directory or a special file; the content is too large or the disk full.
-            InvalidArgument: not exactly one of text and content_base64, or bad base64.
-        """
-        sandbox = self._get(sandbox_id)
-        path = files.check_path(path)
-        content = files.decode_upload(text, content_base64, self.config.max_upload_size)
-        answer, _ = await self._file(sandbox, {"op": "put", "path": path, "max": 0}, content)
-        return files.upload_result(answer, content)
-
-    async def download(self, sandbox_id: str, path: str) -> files.Download:
-        """Read a whole file of a sandbox.
-
-        Args:
-            sandbox_id: the sandbox.
-            path: relative to /sandbox, or absolute under /sandbox or /tmp.
-
-        Returns:
-            Its description (text files carry their text) and its bytes.
-
-        Raises:
-            SandboxNotFound: no such sandbox.
-            FileRefused: the path leaves the sandbox's files, goes through a link, is
-                missing, a directory or a special file, or is over MAX_DOWNLOAD_SIZE.
-        """
-        sandbox = self._get(sandbox_id)
-        request = {
-            "op": "get",
-            "path": files.check_path(path),
-            # Nothing larger fits one result, whatever form it takes.
-            "max": min(self.config.max_download_size, self.config.max_result_size),
-        }
-        answer, data = await self._file(sandbox, request)
-        return files.download(answer, data)
-
-    async def list_files(self, sandbox_id: str, path: str = "/sandbox") -> ListFilesResult:
-        """List a directory of a sandbox, all the way down (links are shown, not followed).
-
-        Args:
-            sandbox_id: the sandbox.
-            path: the directory: relative to /sandbox, or absolute under /sandbox or /tmp.
-
-        Returns:
-            Its entries with sizes, and the room left.
-
-        Raises:
-            SandboxNotFound: no such sandbox.
-            FileRefused: the path leaves the sandbox's files, goes through a link, is
-                missing or not a directory.
-        """
-        sandbox = self._get(sandbox_id)
-        request = {"op": "list", "path": files.check_path(path), "max": 0}
-        answer, _ = await self._file(sandbox, request)
-        return files.listing(answer)
-
-    async def _file(
-        self, sandbox: Sandbox, request: dict[str, Any], content: bytes = b""
-    ) -> tuple[dict[str, Any], bytes]:
-        sandbox.last_used = time.time()
-        # The runner takes one request at a time: a file waits for a run under way.
-        async with _busy(sandbox, sandbox.lock):
-            try:
-                answer, data = await self._run(
-                    self._exec_limiter,
-                    self._with_runner,
-                    sandbox,
-                    lambda runner: runner.file_op(request, content),
-                )
-            except OmcpError:
-                if self._sandboxes.get(sandbox.id) is not sandbox:
-                    raise _removed_during_run(sandbox.id) from None
-                raise
-        if answer.get("error"):
-            raise files.refusal(answer, self.config, request["op"])
-        return answer, data
-
-    # -- helpers on the event loop -----------------------------------------------------
-
-    def _forget(self, sandbox_id: str) -> None:
-        """Drop a sandbox from the cache, with its connection to the runner."""
-        sandbox = self._sandboxes.pop(sandbox_id, None)
-        if sandbox is not None and sandbox.runner is not None:
-            sandbox.runner.close()
-
-    def _full(self) -> bool:
-        """No sandbox can be handed over: the limit counts sandboxes in use."""
-        return len(self._sandboxes) + len(self._creating) >= self.config.max_sandboxes
-
-    def _containers(self) -> int:
-        """Sandbox containers this server has or is making, the pool's included."""
-        pool = len(self.pool.ready) + len(self.pool.making)
-        return len(self._sandboxes) + len(self._creating) + pool
-
-    def _get(self, sandbox_id: str) -> Sandbox:
-        sandbox = self._sandboxes.get(sandbox_id) if _ID.match(sandbox_id) else None
-        if sandbox is None and sandbox_id in self._expired:
-            when, timeout = self._expired[sandbox_id]
-            raise SandboxNotFound(
-                f"Sandbox {sandbox_id} expired at {utc_iso(when)}: it was idle for its "
-                f"timeout ({timeout} s) and was removed with its files. Create a new one with "
-                f"create_sandbox (a larger timeout keeps it longer)."
-            )
-        if sandbox is None:
-            shown = sandbox_id if len(sandbox_id) <= 64 else sandbox_id[:64] + "..."
-            raise SandboxNotFound(
-                f"No sandbox {shown!r} on this server: create one with create_sandbox, "
-                f"or call list_sandboxes for the ids that exist."
-            )
-        return sandbox
-
-    def _encode(self, code: str) -> bytes:
-        position = code.find("\x00")
-        if position >= 0:
-            raise InvalidArgument(
-                f"code contains a NUL byte at character {position}: remove it and send text only."
-            )
-        try:
-            payload = code.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidArgument(
-                f"code is not valid Unicode text (a lone surrogate at character {exc.start}): "
-                f"send UTF-8 text."
-            ) from None
-        if len(payload) > self.config.max_code_size:
-            raise InvalidArgument(
-                f"code is {len(payload):,} bytes; the limit is {self.config.max_code_size:,} "
-                f"(MAX_CODE_SIZE): send less, or write data to a file in a few steps."
-            )
-        return payload
-
-    def _install_result(
-        self, raw: RawInstall, requirements: list[str], timeout: int
-    ) -> InstallResult:
-        error = None
-        if raw.timed_out:
-            error = (
-                f"The install did not finish within {timeout} s: the installer and its "
-                f"processes were stopped, nothing new was installed, the sandbox is unharmed. "
-                f"Pass a larger timeout (large packages take minutes)."
-            )
-        elif raw.oom_killed:
-            error = (
-                f"The installer ran out of memory "
-                f"(SANDBOX_MEMORY={format_size(self.config.sandbox_memory)}); nothing new "
-                f"was installed."
-            )
-        elif raw.exit_code != 0:
-            error = explain_failure(raw.log, self.config)
-        elif not raw.installed:
-            error = "The installer reported success but the sandbox holds no package."
-        output = raw.log
-        return InstallResult(
-            success=error is None,
-            output=output,
-            error=error,
-            exit_code=raw.exit_code,
-            requested=requirements,
-            installed=raw.installed,
-            timed_out=raw.timed_out,
-            duration_ms=raw.duration_ms,
+        if not self.registry.is_current(sandbox) or raw.vanished:
+            raise outcomes.removed_during_install(sandbox_id)
+        return outcomes.install_result(
+            raw, requirements=requirements, timeout=timeout, config=self.config
         )
-
-    def _result(self, raw: RawExecution, timeout: int, stateful: bool) -> ExecutionResult:
-        notices = []
-        state = None
-        if stateful:
-            state = "kept"
-            if raw.state.get("killed"):
-                state = "lost"
-            elif raw.state.get("fresh"):
-                state = "fresh"
-            previous = raw.state.get("previous_lost")
-            if previous:
-                notices.append(
-                    f"The previous interpreter of this stateful sandbox died ({previous}): this "
-                    f"run started with fresh state; earlier variables and imports are gone."
-                )
-        if raw.timed_out:
-            notices.append(
-                f"Execution timed out after {timeout} s: every process it started was killed. "
-                f"The sandbox is still usable; pass a larger timeout for longer work."
-            )
-        if raw.oom_killed:
-            notices.append(
-                f"A process was killed because the sandbox ran out of memory "
-                f"(SANDBOX_MEMORY={format_size(self.config.sandbox_memory)})."
-            )
-        if raw.supervisor_lost:
-            notices.append(
-                "The sandbox's runner did not answer in time; every process of the run was "
-                "killed from outside."
-            )
-        if stateful and raw.state.get("killed") and not raw.timed_out:
-            notices.append(
-                f"The interpreter died during this run ({raw.state['killed']}): its state is "
-                f"lost, and the next run starts fresh."
-            )
-        elif stateful and raw.timed_out:
-            notices.append("The interpreter was ended with the run: the next run starts fresh.")
-        if raw.images_left_out:
-            why = "; ".join(raw.images_left_out_why) or "the sandbox did not say why"
-            notices.append(
-                f"{raw.images_left_out} figure(s) left out ({why}): a result carries at most "
-                f"{MAX_FIGURES} PNG or JPEG figures, under IMAGE_BUDGET="
-                f"{format_size(self.config.image_budget)} (base64) together. Save them with "
-                f"savefig and get them with download_file, or draw fewer per run."
-            )
-        error = raw.stderr
-        if notices:
-            error = (error.rstrip("\n") + "\n" if error else "") + "\n".join(
-                f"[omcp_py] {n}" for n in notices
-            )
-        return ExecutionResult(
-            success=raw.exit_code == 0 and not raw.timed_out,
-            output=raw.stdout,
-            error=error or None,
-            exit_code=raw.exit_code,
-            timed_out=raw.timed_out,
-            duration_ms=raw.duration_ms,
-            truncated=raw.truncated,
-            state=state,
-            images=[
-                FigureInfo(mime_type=f.mime_type, width=f.width, height=f.height, size=f.size)
-                for f in raw.figures
-            ],
-            images_left_out=raw.images_left_out,
-        )
-
-    async def _reconcile(self) -> None:
-        """Make the cache agree with the engine: drop what stopped or vanished."""
-        # Only sandboxes known before the listing can be judged by it: one created while
-        # the listing was in flight is missing from it, not gone.
-        known = set(self._sandboxes)
-        known_pool = {s.id for s in self.pool.ready}
-        # Likewise a container still being made when the engine listed it shows as not
-        # running, even if it runs by the time the listing is read.
-        in_flight = self._creating | self.pool.making
-        containers = await self._control(
-            self._list_containers, {ownership.OWNER: self.owner.instance}
-        )
-        in_flight |= self._creating | self.pool.making  # and those begun since
-        running = {}
-        for container in containers:
-            if container.is_installer:
-                continue  # an install's own, removed when the install ends
-            sandbox_id = container.labels.get(ownership.SANDBOX_ID)
-            if container.running:
-                running[sandbox_id] = container
-            elif sandbox_id in in_flight:
-                continue
-            else:
-                log.info("sandbox container %s has stopped: removing it", container.name)
-                await self._control(self._destroy, sandbox_id or "", container.id)
-        for sandbox_id in known & set(self._sandboxes):
-            if sandbox_id not in running:
-                log.info("sandbox %s vanished from the engine: forgetting it", sandbox_id)
-                self._forget(sandbox_id)
-        self.pool.drop(known_pool - set(running))
-
-    async def _control(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._run(self._control_limiter, fn, *args)
-
-    async def _run(self, limiter: Any, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
-
-    async def _cancellable(self, limiter: Any, longest: float, work: Callable[[Stop], T]) -> T:
-        """Run ``work`` in a worker thread; if the caller is cancelled meanwhile, stop it
-        and wait for it to end before the cancellation goes on.
-
-        Args:
-            limiter: the worker threads it may use.
-            longest: seconds the work can take at most once stopped (its own deadline).
-            work: blocking; registers on the Stop it gets how it is stopped.
-        """
-        stop = Stop()
-        ended = threading.Event()
-
-        def run() -> T:
-            try:
-                return work(stop)
-            finally:
-                ended.set()
-
-        try:
-            return await anyio.to_thread.run_sync(run, limiter=limiter, abandon_on_cancel=True)
-        except anyio.get_cancelled_exc_class():
-            # The sandbox stays locked until the work has really ended: the next
-            # request must not meet the end of this one on the runner's connection.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(stop.stop)  # it may call Docker
-                await anyio.to_thread.run_sync(ended.wait, longest)
-            raise
-
-    # -- blocking Docker calls (worker threads) ----------------------------------------
-
-    def _verify_engine(self) -> None:
-        self._check_isolation(self.engine.client())
-
-    def _check_isolation(self, client: Any) -> None:
-        # Once per connection: a reconnect may reach another engine.
-        if self._checked_client is client:
-            return
-        with self.engine.errors():
-            info = client.info()
-        missing = missing_limits(info)
-        runtime = runtime_problem(info, self.config.sandbox_runtime)
-        if runtime:
-            raise IsolationUnavailable(f"The Docker engine at {self.engine.url}: {runtime}")
-        if missing:
-            raise IsolationUnavailable(
-                f"The Docker engine at {self.engine.url} cannot enforce the "
-                f"{', '.join(missing)}; omcp_py does not run sandboxes without it. Use an engine "
-                f"with the cgroup controllers enabled (see `docker info` warnings)."
-            )
-        self._checked_client = client
-
-    def _create_container(self, sandbox_id: str, progress: Progress | None = None) -> Sandbox:
-        import docker
-
-        client = self.engine.client()
-        self._check_isolation(client)
-        with self.engine.errors():
-            self.images.ensure(client, self.config.docker_image, progress)
-        now = time.time()
-        labels = self.owner.labels() | {
-            ownership.SANDBOX_ID: sandbox_id,
-            ownership.CREATED: utc_iso(now),
-            ownership.ROLE: "sandbox",
-        }
-        kwargs = sandbox_run_kwargs(self.config, labels, packages_volume(sandbox_id))
-        with self.engine.errors():
-            try:
-                try:
-                    container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
-                except docker.errors.ImageNotFound:
-                    # Removed from the engine since it was last seen there: fetch it again.
-                    self.images.forget(self.config.docker_image)
-                    self.images.ensure(client, self.config.docker_image, progress)
-                    container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
-            except docker.errors.APIError as exc:
-                raise SandboxCreateFailed(
-                    f"The engine refused to create the sandbox: {exc.explanation or exc}"
-                ) from None
-            runner = RunnerConnection(client.api, container.id)
-            try:
-                container.start()
-                runner.connect()
-            except docker.errors.APIError as exc:
-                runner.close()
-                self._destroy(sandbox_id, container.id)
-                raise SandboxCreateFailed(
-                    f"The sandbox container did not start: {exc.explanation or exc}. "
-                    f"DOCKER_IMAGE must have python3 on PATH."
-                ) from None
-        if self._closing:  # the server shut down while this call was in flight
-            runner.close()
-            self._destroy(sandbox_id, container.id)
-            raise SandboxCreateFailed("The server is shutting down.")
-        return Sandbox(
-            id=sandbox_id,
-            container_id=container.id,
-            created=now,
-            timeout=self.config.sandbox_timeout,
-            last_used=now,
-            runner=runner,
-        )
-
-    def _destroy(self, sandbox_id: str, container_id: str) -> bool:
-        """Remove a sandbox's container, any installer of it, then its package volume.
-
-        Returns:
-            False when the sandbox container was already gone.
-        """
-        if sandbox_id:
-            labels = {ownership.SANDBOX_ID: sandbox_id, ownership.ROLE: "installer"}
-            for installer in self._list_containers(labels):
-                self._remove_container(installer.id)
-        existed = self._remove_container(container_id)
-        if sandbox_id:
-            self._remove_volume(packages_volume(sandbox_id))
-        return existed
-
-    def _remove_volume(self, name: str) -> None:
-        import docker
-
-        client = self.engine.client()
-        with self.engine.errors():
-            try:
-                client.api.remove_volume(name)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # in use: the next sweep takes it
-                    raise
-                log.debug("package volume %s is still in use: %s", name, exc.explanation)
-
-    def _list_volumes(self, labels: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
-        """(name, labels) of our package volumes that also carry ``labels``."""
-        client = self.engine.client()
-        with self.engine.errors():
-            answer = client.api.volumes(filters={"label": _label_filter(labels)})
-        return [(v["Name"], v.get("Labels") or {}) for v in answer.get("Volumes") or []]
-
-    def _remove_container(self, container_id: str) -> bool:
-        """Force-remove a container; False when it was already gone."""
-        import docker
-
-        client = self.engine.client()
-        with self.engine.errors():
-            try:
-                client.api.remove_container(container_id, force=True, v=True)
-            except docker.errors.NotFound:
-                return False
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409:  # removal already in progress
-                    return True
-                raise
-        return True
-
-    def _list_containers(self, labels: dict[str, str]) -> list[ContainerRecord]:
-        client = self.engine.client()
-        with self.engine.errors():
-            rows = client.api.containers(all=True, filters={"label": _label_filter(labels)})
-        return [
-            ContainerRecord(
-                id=row["Id"],
-                name=(row.get("Names") or ["?"])[0].lstrip("/"),
-                labels=row.get("Labels") or {},
-                running=row.get("State") == "running",
-            )
-            for row in rows
-        ]
-
-    def _orphans(self) -> list[ContainerRecord]:
-        return [c for c in self._list_containers({}) if self.owner.is_orphan(c.labels)]
-
-    def _execute_in(
-        self,
-        sandbox: Sandbox,
-        payload: bytes,
-        timeout: int,
-        progress: Callable[[float, int, int], None] | None = None,
-        stop: Stop | None = None,
-    ) -> RawExecution:
-        limit, guard = self.config.output_limit, memory_guard(self.config)
-        images = self.config.image_budget * 3 // 4  # the budget counts base64
-        return self._with_runner(
-            sandbox,
-            lambda runner: runner.execute(
-                payload, timeout, limit, sandbox.stateful, guard, images, progress, stop
-            ),
-        )
-
-    def _reset_in(self, sandbox: Sandbox) -> bool:
-        return self._with_runner(sandbox, lambda runner: runner.reset())
-
-    def _with_runner(self, sandbox: Sandbox, call: Callable[[RunnerConnection], T]) -> T:
-        """Call the sandbox's runner; a stopped sandbox is dropped and reported."""
-        import docker
-
-        client = self.engine.client()
-        if sandbox.runner is None or sandbox.runner.api is not client.api:
-            # First use since a reconnect to the engine: attach anew.
-            if sandbox.runner is not None:
-                sandbox.runner.close()
-            sandbox.runner = RunnerConnection(client.api, sandbox.container_id)
-        with self.engine.errors():
-            try:
-                return call(sandbox.runner)
-            except RunnerGone as exc:
-                state = self._container_state(sandbox.container_id)
-                if state.get("Running"):
-                    raise EngineError(
-                        f"The connection to sandbox {sandbox.id} broke ({exc}); the result of "
-                        f"this call is lost. The sandbox is still there: try again."
-                    ) from None
-            except docker.errors.NotFound:
-                state = {}
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409 and "is not running" not in str(exc.explanation):
-                    raise
-                state = self._container_state(sandbox.container_id)
-            self._destroy(sandbox.id, sandbox.container_id)
-        raise self._gone(sandbox, state)
-
-    def _gone(self, sandbox: Sandbox, state: dict[str, Any]) -> SandboxNotFound:
-        """Why a sandbox's container no longer answers, from its last engine state."""
-        if state.get("OOMKilled"):
-            runtime = self.config.sandbox_runtime or "the engine's default runtime"
-            return SandboxNotFound(
-                f"Sandbox {sandbox.id} was killed because it ran out of memory "
-                f"(SANDBOX_MEMORY={format_size(self.config.sandbox_memory)}); under {runtime} "
-                f"that ends the whole sandbox, and its files and state are lost. Create a new "
-                f"sandbox, and use less memory at once (or raise SANDBOX_MEMORY)."
-            )
-        return SandboxNotFound(
-            f"Sandbox {sandbox.id} has stopped or was removed outside omcp_py: "
-            f"create a new one with create_sandbox."
-        )
-
-    def _alive(self, sandbox: Sandbox) -> bool:
-        """True when the container runs and its runner's stream is open (blocking).
-
-        Raises:
-            DockerUnavailable: the engine cannot be reached.
-        """
-        with self.engine.errors():
-            running = bool(self._container_state(sandbox.container_id).get("Running"))
-        return running and (sandbox.runner is None or sandbox.runner.open())
-
-    def _container_state(self, container_id: str) -> dict[str, Any]:
-        """The container's State as the engine has it; empty when it is gone."""
-        import docker
-
-        try:
-            return self.engine.client().api.inspect_container(container_id)["State"] or {}
-        except docker.errors.NotFound:
-            return {}
-
-    def _install_in(
-        self,
-        sandbox: Sandbox,
-        requirements: list[str],
-        timeout: int,
-        progress: Callable[[float], None] | None = None,
-        stop: Stop | None = None,
-    ) -> RawInstall:
-        import docker
-
-        client = self.engine.client()
-        self._check_isolation(client)
-        installer = Installer(client, self.config)
-        labels = self.owner.labels() | {
-            ownership.SANDBOX_ID: sandbox.id,
-            ownership.ROLE: "installer",
-        }
-        with self.engine.errors():
-            try:
-                raw = installer.install(
-                    sandbox.volume,
-                    labels,
-                    pip_arguments(self.config, requirements),
-                    timeout,
-                    prepare=not sandbox.packages_ready,
-                    wanted=lambda: self._sandboxes.get(sandbox.id) is sandbox,
-                    progress=progress,
-                    stop=stop,
-                )
-            except docker.errors.ImageNotFound:
-                self.images.forget(self.config.docker_image)
-                raise ImageUnavailable(
-                    f"Docker image {self.config.docker_image!r} is gone from the engine, and the "
-                    f"installer runs from it: {fix_for_missing(self.config.docker_image)}."
-                ) from None
-            except docker.errors.APIError as exc:
-                explanation = str(exc.explanation or exc)
-                if "bind source path does not exist" in explanation:
-                    raise ConfigError(
-                        f"The installer cannot start: {explanation}. PACKAGE_CA_BUNDLE and "
-                        f"PACKAGE_WHEELHOUSE must be paths that exist on the Docker host."
-                    ) from None
-                if "network" in explanation and "not found" in explanation:
-                    raise ConfigError(
-                        f"The installer cannot start: {explanation}. Set INSTALLER_NETWORK to "
-                        f"a network of the engine (docker network ls)."
-                    ) from None
-                raise
-        if self._sandboxes.get(sandbox.id) is not sandbox:
-            # Removed during the install: an installer container made meanwhile can
-            # have created the volume again after the removal took it.
-            self._remove_volume(sandbox.volume)
-        sandbox.packages_ready = sandbox.packages_ready or raw.prepared
-        return raw
-
-
-def _label_filter(labels: dict[str, str]) -> list[str]:
-    """An engine label filter: ours (managed-by), and carrying ``labels``."""
-    return [f"{ownership.MANAGED_BY}=omcp_py", *(f"{k}={v}" for k, v in labels.items())]
-
-
-@asynccontextmanager
-async def _busy(sandbox: Sandbox, lock: anyio.Lock) -> AsyncIterator[None]:
-    """Hold ``lock`` and mark the sandbox in use: the reaper never takes a busy one."""
-    async with lock:
-        sandbox.active += 1
-        try:
-            yield
-        finally:
-            sandbox.active -= 1
-            sandbox.last_used = time.time()
-
-
-def _removed_during_run(sandbox_id: str) -> SandboxNotFound:
-    return SandboxNotFound(
-        f"Sandbox {sandbox_id} was removed while the code was running; its output is lost. "
-        f"Create a new one with create_sandbox."
-    )
-
-
-def _removed_during_install(sandbox_id: str) -> SandboxNotFound:
-    return SandboxNotFound(
-        f"Sandbox {sandbox_id} was removed during the install. "
-        f"Create a new one with create_sandbox."
-    )
-
-
-def _new_id() -> str:
-    import uuid
-
-    return uuid.uuid4().hex[:12]

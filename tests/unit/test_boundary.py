@@ -19,8 +19,9 @@ from omcp_py import content
 from omcp_py.boundary import MAX_FIGURES, check_figures, clean, clean_text
 from omcp_py.config import SandboxConfig
 from omcp_py.models import ExecutionResult
-from omcp_py.runner.client import RunnerConnection, RunnerGone, _Collected, raw_result
-from omcp_py.sandbox_manager import Execution, SandboxManager
+from omcp_py.outcomes import execution_result
+from omcp_py.runner.client import FrameReader, RunnerConnection, RunnerGone, _Collected, raw_result
+from omcp_py.sandboxes import Execution
 from omcp_py.transport import refusal
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + struct.pack(">II", 3, 2) + b"\x08" * 5
@@ -93,8 +94,8 @@ def test_any_reply_makes_a_bounded_strict_result(reply, out, err, stateful) -> N
     assert len(raw.figures) <= MAX_FIGURES
     assert sum(len(f.data) for f in raw.figures) <= BUDGET
     assert all(base64.b64decode(f.data).startswith(PNG[:8]) for f in raw.figures)
-    manager = SandboxManager(SandboxConfig(output_limit=LIMIT))
-    result = manager._result(raw, timeout=5, stateful=stateful)
+    config = SandboxConfig(output_limit=LIMIT)
+    result = execution_result(raw, timeout=5, stateful=stateful, config=config)
     wire = strict_json(clean(content.execution(Execution(result, raw.figures))))
     # Output is cut to the limit per stream; the notices and figures are bounded too.
     assert len(wire) < 2 * 6 * LIMIT + 2 * BUDGET + 20_000
@@ -103,11 +104,11 @@ def test_any_reply_makes_a_bounded_strict_result(reply, out, err, stateful) -> N
 @settings(max_examples=300, deadline=None)
 @given(chunks=st.lists(st.binary(max_size=64), max_size=8), rid=st.integers(0, 3))
 def test_any_bytes_on_the_stream_decode_or_raise_runner_gone(chunks, rid) -> None:
-    connection = RunnerConnection(api=None, container_id="x")
+    reader = FrameReader("x")
     for chunk in chunks:
-        connection._docker += chunk
+        reader.feed(chunk)
         try:
-            connection._parse(rid, _Collected(LIMIT), max_frame=1024)
+            reader.parse(rid, _Collected(LIMIT), max_frame=1024)
         except RunnerGone:
             return
 
@@ -119,10 +120,10 @@ def test_any_bytes_on_the_stream_decode_or_raise_runner_gone(chunks, rid) -> Non
     | st.dictionaries(_text, _json, min_size=1, max_size=4).map(lambda v: json.dumps(v).encode())
 )
 def test_any_answer_frame_is_an_object_of_clean_text_or_runner_gone(payload) -> None:
-    connection = RunnerConnection(api=None, container_id="x")
-    connection._docker += frames([(b"o", 7, b"hi"), (b"r", 7, payload)])
+    reader = FrameReader("x")
+    reader.feed(frames([(b"o", 7, b"hi"), (b"r", 7, payload)]))
     try:
-        answer = connection._parse(7, _Collected(LIMIT), max_frame=1 << 20)
+        answer = reader.parse(7, _Collected(LIMIT), max_frame=1 << 20)
     except RunnerGone:
         return
     assert isinstance(answer, dict)
@@ -130,10 +131,10 @@ def test_any_answer_frame_is_an_object_of_clean_text_or_runner_gone(payload) -> 
 
 
 def test_an_oversized_frame_is_refused_before_it_is_read() -> None:
-    connection = RunnerConnection(api=None, container_id="x")
-    connection._docker += struct.pack(">BxxxI", 1, 9) + struct.pack(">cII", b"r", 1, 1 << 30)
+    reader = FrameReader("x")
+    reader.feed(struct.pack(">BxxxI", 1, 9) + struct.pack(">cII", b"r", 1, 1 << 30))
     with pytest.raises(RunnerGone, match="oversized"):
-        connection._parse(1, None, max_frame=1 << 20)
+        reader.parse(1, None, max_frame=1 << 20)
 
 
 @given(text=_text)
@@ -250,6 +251,12 @@ def test_a_runner_that_does_not_echo_is_reported_not_waited_for(monkeypatch) -> 
     assert connection._sock is None  # the next call attaches again
 
 
+def _succeeded(stdout: str, stderr: str | None) -> ExecutionResult:
+    return ExecutionResult(
+        success=True, output=stdout, error=stderr, exit_code=0, timed_out=False, duration_ms=1.0
+    )
+
+
 @pytest.mark.parametrize(
     ("stdout", "stderr"),
     [
@@ -260,15 +267,7 @@ def test_a_runner_that_does_not_echo_is_reported_not_waited_for(monkeypatch) -> 
     ],
 )
 def test_an_execution_result_is_fitted_to_max_result_size(stdout, stderr) -> None:
-    result = ExecutionResult(
-        success=True,
-        output=stdout,
-        error=stderr,
-        exit_code=0,
-        timed_out=False,
-        duration_ms=1.0,
-        truncated=False,
-    )
+    result = _succeeded(stdout, stderr)
     figure = check_figures(
         [{"mime": "image/png", "data": base64.b64encode(PNG + b"\0" * 300_000).decode()}],
         0,
@@ -295,14 +294,7 @@ def test_an_execution_result_is_fitted_to_max_result_size(stdout, stderr) -> Non
     figures=st.integers(0, 3),
 )
 def test_a_run_carries_each_stream_once_then_its_figures(out, err, figures) -> None:
-    result = ExecutionResult(
-        success=True,
-        output=out,
-        error=err,
-        exit_code=0,
-        timed_out=False,
-        duration_ms=1.0,
-    )
+    result = _succeeded(out, err)
     images = check_figures(
         [{"mime": "image/png", "data": base64.b64encode(PNG).decode()}] * figures,
         0,

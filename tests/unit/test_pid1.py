@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from omcp_py.runner import assemble
-from omcp_py.runner.client import RunnerConnection, RunnerGone, _Collected
+from omcp_py.runner.client import FrameReader, RunnerGone, _Collected
 from omcp_py.runner.pid1 import figures, files, protocol, seccomp
 from omcp_py.runner.pid1.become import CODE
 
@@ -77,7 +77,7 @@ def _docker_stream(data: bytes) -> bytes:
 
 
 def test_frames_round_trip_through_the_client() -> None:
-    connection = RunnerConnection(api=None, container_id="x")
+    reader = FrameReader("x")
     collected = _Collected(1024)
     stream = (
         protocol.frame(protocol.STDOUT, 3, b"hello ")
@@ -88,8 +88,8 @@ def test_frames_round_trip_through_the_client() -> None:
     # Byte by byte: a frame cut anywhere waits for the rest.
     answer = None
     for index in range(len(stream)):
-        connection._docker += _docker_stream(stream[index : index + 1])
-        answer = connection._parse(3, collected, max_frame=1024)
+        reader.feed(_docker_stream(stream[index : index + 1]))
+        answer = reader.parse(3, collected, max_frame=1024)
         if index < len(stream) - 1:
             assert answer is None
     assert answer == {"exit_code": 0}
@@ -97,10 +97,10 @@ def test_frames_round_trip_through_the_client() -> None:
 
 
 def test_an_oversized_frame_is_a_broken_runner_not_a_wait() -> None:
-    connection = RunnerConnection(api=None, container_id="x")
-    connection._docker += _docker_stream(protocol.FRAME.pack(protocol.RESULT, 1, 10_000_000))
+    reader = FrameReader("x")
+    reader.feed(_docker_stream(protocol.FRAME.pack(protocol.RESULT, 1, 10_000_000)))
     with pytest.raises(RunnerGone, match="oversized frame"):
-        connection._parse(1, None, max_frame=1 << 20)
+        reader.parse(1, None, max_frame=1 << 20)
 
 
 def test_the_kinds_are_distinct_single_bytes() -> None:

@@ -117,6 +117,79 @@ class _Stream:
         return head + tail
 
 
+class FrameReader:
+    """PID 1's frames out of what the attach stream delivers: Docker's multiplexing
+    first (stdout is ours, stderr the runner's own complaints, logged), then the frames
+    of pid1/protocol.py, each held to a size limit. Pure: fed bytes, never reads."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # the container, in logs
+        self._docker = bytearray()
+        self._frames = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._docker += data
+
+    def clear(self) -> None:
+        self._docker.clear()
+        self._frames.clear()
+
+    def skip_to(self, marker: bytes) -> bool:
+        """Drop everything up to and including ``marker``; False while it has not come
+        (all but a marker's length of what came is dropped already)."""
+        self._demux()
+        at = self._frames.find(marker)
+        if at >= 0:
+            del self._frames[: at + len(marker)]
+            return True
+        del self._frames[: max(0, len(self._frames) - len(marker))]
+        return False
+
+    def _demux(self) -> None:
+        while len(self._docker) >= _DOCKER_HEADER.size:
+            stream, size = _DOCKER_HEADER.unpack_from(self._docker)
+            end = _DOCKER_HEADER.size + size
+            if len(self._docker) < end:
+                break
+            payload = bytes(self._docker[_DOCKER_HEADER.size : end])
+            del self._docker[:end]
+            if stream == 1:
+                self._frames += payload
+            else:
+                log.warning(
+                    "sandbox runner %s said: %s",
+                    self.name[:12],
+                    payload[:_DIAGNOSTIC_CAP].decode("utf-8", "replace").rstrip(),
+                )
+
+    def parse(
+        self, rid: int, collected: "_Collected | _Blob | None", max_frame: int
+    ) -> dict[str, Any] | None:
+        """The answer of request ``rid`` once its RESULT frame is whole, else None; its
+        other frames go to ``collected``, frames of an abandoned request are skipped.
+
+        Raises:
+            RunnerGone: a frame over ``max_frame``: the stream cannot be trusted.
+        """
+        self._demux()
+        while len(self._frames) >= FRAME.size:
+            kind, frame_rid, size = FRAME.unpack_from(self._frames)
+            if size > max_frame:
+                raise RunnerGone(f"oversized frame {kind!r} of {size} bytes")
+            end = FRAME.size + size
+            if len(self._frames) < end:
+                return None
+            payload = bytes(self._frames[FRAME.size : end])
+            del self._frames[:end]
+            if frame_rid != rid:
+                continue
+            if kind == RESULT:
+                return _answer(payload)
+            if collected is not None:
+                collected.add(kind, payload)
+        return None
+
+
 class RunnerConnection:
     """The host's end of one sandbox's runner (PID 1), over docker attach."""
 
@@ -130,8 +203,7 @@ class RunnerConnection:
         self._ids = itertools.count(1)
         self._handle: Any = None
         self._sock: socket.socket | None = None
-        self._docker = bytearray()
-        self._frames = bytearray()
+        self.reader = FrameReader(container_id)
         # Reentrant: a cancel may be sent from inside the send of the request itself.
         self._send_lock = threading.RLock()
 
@@ -147,8 +219,7 @@ class RunnerConnection:
         # Keep the SDK's wrapper alive: it owns the socket.
         self._handle = self.api.attach_socket(self.container_id, params=params)
         self._sock = getattr(self._handle, "_sock", self._handle)
-        self._docker.clear()
-        self._frames.clear()
+        self.reader.clear()
         self._sync()
 
     def _sync(self) -> None:
@@ -173,13 +244,7 @@ class RunnerConnection:
             sock.settimeout(SYNC_SECONDS)
             with self._send_lock:
                 sock.sendall(FRAME.pack(SYNC, rid, len(nonce)) + nonce)
-            while True:
-                self._demux()
-                at = self._frames.find(echo)
-                if at >= 0:
-                    del self._frames[: at + len(echo)]
-                    return
-                del self._frames[: max(0, len(self._frames) - len(echo))]
+            while not self.reader.skip_to(echo):
                 if not self._read_more(sock, deadline):
                     raise RunnerGone("the runner did not answer on a new connection")
 
@@ -211,6 +276,7 @@ class RunnerConnection:
     def execute(
         self,
         code: bytes,
+        *,
         timeout: float,
         limit: int,
         stateful: bool,
@@ -361,7 +427,7 @@ class RunnerConnection:
                 if sent is not None:
                     sent()
             while True:
-                result = self._parse(rid, collected, max_frame)
+                result = self.reader.parse(rid, collected, max_frame)
                 if result is not None:
                     return result
                 if not self._read_more(sock, deadline):
@@ -379,7 +445,7 @@ class RunnerConnection:
             return False
         if not data:
             raise RunnerGone("the container's output ended")
-        self._docker += data
+        self.reader.feed(data)
         return True
 
     @contextlib.contextmanager
@@ -393,48 +459,6 @@ class RunnerConnection:
         except RunnerGone:
             self.close()
             raise
-
-    def _demux(self) -> None:
-        """Move Docker's stdout frames (ours) into the frame buffer; stderr is the
-        runner's own complaints, logged."""
-        while len(self._docker) >= _DOCKER_HEADER.size:
-            stream, size = _DOCKER_HEADER.unpack_from(self._docker)
-            end = _DOCKER_HEADER.size + size
-            if len(self._docker) < end:
-                break
-            payload = bytes(self._docker[_DOCKER_HEADER.size : end])
-            del self._docker[:end]
-            if stream == 1:
-                self._frames += payload
-            else:
-                log.warning(
-                    "sandbox runner %s said: %s",
-                    self.container_id[:12],
-                    payload[:_DIAGNOSTIC_CAP].decode("utf-8", "replace").rstrip(),
-                )
-
-    def _parse(
-        self, rid: int, collected: "_Collected | _Blob | None", max_frame: int
-    ) -> dict[str, Any] | None:
-        # Docker's multiplexing first, then our frames; frames of an abandoned request
-        # are skipped.
-        self._demux()
-        while len(self._frames) >= FRAME.size:
-            kind, frame_rid, size = FRAME.unpack_from(self._frames)
-            if size > max_frame:
-                raise RunnerGone(f"oversized frame {kind!r} of {size} bytes")
-            end = FRAME.size + size
-            if len(self._frames) < end:
-                return None
-            payload = bytes(self._frames[FRAME.size : end])
-            del self._frames[:end]
-            if frame_rid != rid:
-                continue
-            if kind == RESULT:
-                return _answer(payload)
-            if collected is not None:
-                collected.add(kind, payload)
-        return None
 
 
 def raw_result(reply: dict[str, Any], collected: "_Collected", image_budget: int) -> RawExecution:
