@@ -332,6 +332,8 @@ REFUSED = [
     ("-r /etc/passwd", "'-r'"),
     ("'''", "\"'''\""),
     ("git+https://github.com/psf/requests", "'git+https://github.com/psf/requests'"),
+    ("x.whl", "'x.whl' names a file"),  # pip would install it from a path
+    ("setup.py", "'setup.py' names a file"),
     ("", "package is empty"),
     ("six " * 10_000, "10,000 requirements"),
 ]

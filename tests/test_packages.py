@@ -14,6 +14,11 @@ from omcp_py.packages import explain_failure, parse_requirements, pip_arguments
         ("numpy==2.1.0 requests", ["numpy==2.1.0", "requests"]),
         ("httpx[http2]>=0.27", ["httpx[http2]>=0.27"]),
         ("  six\tidna  ", ["six", "idna"]),
+        # Dots in a name are fine; only a file's suffix makes it a path to pip.
+        (
+            "zope.interface backports.zoneinfo py.test",
+            ["zope.interface", "backports.zoneinfo", "py.test"],
+        ),
         (
             "Foo.Bar_baz~=1.0 torch==2.1+cpu x!=1.*",
             ["Foo.Bar_baz~=1.0", "torch==2.1+cpu", "x!=1.*"],
@@ -42,6 +47,13 @@ def test_plain_requirements_are_accepted(text: str, expected: list[str]) -> None
         ("numpy==", "'numpy=='"),
         ("[extra]", "'[extra]'"),
         ("\u017fix", "'\u017fix'"),  # a non-ASCII letter that case-folds to 's'
+        # Names pip would install from a file (issue 17: no path reaches pip).
+        ("x.whl", "'x.whl' names a file"),
+        ("numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.whl", "names a file"),
+        ("x.tar.gz", "'x.tar.gz' names a file"),
+        ("X.ZIP", "'X.ZIP' names a file"),
+        ("setup.py", "'setup.py' names a file"),
+        ("pkg.tgz==1.0", "names a file"),
     ],
 )
 def test_anything_else_is_refused_naming_the_token(text: str, named: str) -> None:

@@ -20,6 +20,23 @@ MAX_REQUIREMENT_LENGTH = 200
 # get through, whatever the PEP 508 parser would accept.
 _ALLOWED = re.compile(r"[A-Za-z0-9._\-\[\],<>=!~*+]")
 _EXAMPLES = "e.g. 'pandas', 'numpy==2.1.0 requests' or 'httpx[http2]>=0.27'"
+# Names pip reads as a file to install rather than a project to look up (its archive
+# suffixes, and a Python file): refused like every other path.
+_FILE_SUFFIXES = (
+    ".whl",
+    ".zip",
+    ".tar",
+    ".tar.gz",
+    ".tgz",
+    ".tar.bz2",
+    ".tbz",
+    ".tar.xz",
+    ".txz",
+    ".tar.lz",
+    ".tlz",
+    ".tar.lzma",
+    ".py",
+)
 
 
 def parse_requirements(text: str) -> list[str]:
@@ -72,6 +89,12 @@ def parse_requirements(text: str) -> list[str]:
             raise InvalidArgument(
                 f"{shown!r} is not a valid requirement ({reason}); {_EXAMPLES}."
             ) from None
+        if requirement.name.lower().endswith(_FILE_SUFFIXES):
+            raise InvalidArgument(
+                f"{shown!r} names a file, which the installer would install from a path, not "
+                f"a package of the index: give the project's name ({_EXAMPLES}). Wheels of "
+                f"your own go in the server's PACKAGE_WHEELHOUSE."
+            )
         requirements.append(str(requirement))
     return requirements
 
