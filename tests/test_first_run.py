@@ -71,8 +71,11 @@ def _bare_env(extra: dict[str, str]) -> dict[str, str]:
 async def test_doctor_passes_and_its_config_starts_the_server(docker_client) -> None:
     proc = doctor(cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    checks = [line for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert len(checks) == 7 and all(line.startswith("[ok  ]") for line in checks), checks
+    # Warnings of known escapes depend on this machine's engine (Debian 12's runc
+    # 1.1.5 gets one): they are not checks, and never fail doctor.
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    checks = [line for line in lines if not line.startswith("[warn]")]
+    assert len(checks) == 7 and all(line.startswith("[ok  ]") for line in checks), lines
     assert "the installer reaches the package index https://pypi.org/simple/" in proc.stdout
     assert "ran print(1) and was removed" in proc.stdout
     entry = claude_config(proc.stdout)

@@ -7,11 +7,15 @@ import os
 import signal
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from conftest import (
     ENGINE_SOCKET,
@@ -80,10 +84,18 @@ async def test_missing_image_is_a_clear_error(tmp_path) -> None:
         assert (await srv.call("list_sandboxes"))["count"] == 0
 
 
+def _without_pids_limit(path: str, answer: Any) -> Any:
+    # As an engine without the pids cgroup controller says it.
+    if path.endswith("/info"):
+        answer["PidsLimit"] = False
+    return answer
+
+
 @contextmanager
-def _engine_without_pids_limit(path: Path):
-    """The real engine, except that its `docker info` says it cannot limit processes
-    (as an engine without the pids cgroup controller does)."""
+def _engine_without_pids_limit(path: Path, edit: Callable[[str, Any], Any] = _without_pids_limit):
+    """The real engine, on a socket of its own, answering GETs only, each JSON answer
+    passed through ``edit(request path, answer)`` (by default: `docker info` says it
+    cannot limit processes)."""
     target = ENGINE_SOCKET
 
     class Upstream(http.client.HTTPConnection):
@@ -99,10 +111,8 @@ def _engine_without_pids_limit(path: Path):
             upstream.request("GET", self.path)
             reply = upstream.getresponse()
             body = reply.read()
-            if self.path.split("?")[0].endswith("/info"):
-                info = json.loads(body)
-                info["PidsLimit"] = False
-                body = json.dumps(info).encode()
+            if reply.getheader("Content-Type", "").startswith("application/json"):
+                body = json.dumps(edit(self.path.split("?")[0], json.loads(body))).encode()
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.getheader("Content-Type", "text/plain"))
             self.send_header("Content-Length", str(len(body)))
@@ -127,6 +137,44 @@ def _engine_without_pids_limit(path: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _old_components(path: str, answer: Any) -> Any:
+    # An engine whose runc and Docker Desktop predate the fixes of known escapes.
+    if path.endswith("/version"):
+        parts = [c for c in answer.get("Components") or [] if c.get("Name") != "runc"]
+        answer["Components"] = [*parts, {"Name": "runc", "Version": "1.2.7"}]
+        answer["Platform"] = {"Name": "Docker Desktop 4.44.2 (202017)"}
+    return answer
+
+
+async def test_known_escapes_of_the_engine_are_warned_of(tmp_path) -> None:
+    sock = tmp_path / "engine.sock"
+    errlog = tmp_path / "stderr.log"
+    env = {"DOCKER_HOST": f"unix://{sock}", "LOG_LEVEL": "INFO"}
+    with _engine_without_pids_limit(sock, _old_components), errlog.open("w") as err:
+        doctor = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "omcp_py", "doctor"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=tmp_path,
+                env={**os.environ, **env},
+            )
+        )
+        # Warnings, with their fix, between the checks (the rest fail here: this
+        # engine answers reads only).
+        assert "[warn] runc 1.2.7 is older than the fixes for CVE-2025-31133" in doctor.stdout
+        assert "[warn] Docker Desktop 4.44.2 is older than the fix for CVE-2025-9074" in (
+            doctor.stdout
+        ), doctor.stdout
+        assert "Traceback" not in doctor.stdout + doctor.stderr
+        async with start_server(env, cwd=tmp_path, errlog=err):
+            # The server says the same at start, before any tool is called.
+            assert await eventually(
+                lambda: "runc 1.2.7 is older than the fixes" in errlog.read_text(), 10
+            ), errlog.read_text()
 
 
 async def test_engine_that_would_drop_a_limit_is_refused(tmp_path, docker_client) -> None:

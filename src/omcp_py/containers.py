@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from omcp_py import outcomes, ownership
+from omcp_py import escapes, outcomes, ownership
 from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig
 from omcp_py.engine import (
@@ -98,6 +98,16 @@ class Containers:
                 f"with the cgroup controllers enabled (see `docker info` warnings)."
             )
         self._checked_client = client
+        self._warn_of_escapes(client)
+
+    def _warn_of_escapes(self, client: Any) -> None:
+        try:
+            answer = client.version()
+        except Exception as exc:  # a warning only: never a reason to refuse
+            log.debug("docker version failed: %s", exc)
+            return
+        for text in escapes.warnings(answer):
+            log.warning("%s", text)
 
     # -- sandboxes -----------------------------------------------------------------------
 

@@ -152,6 +152,20 @@ class Doctor:
             )
         )
 
+    def escapes(self) -> None:
+        """Known container-escape bugs of the engine's components: warnings, not
+        failures (a distribution may have backported the fix)."""
+        if self.client is None:
+            return
+        from omcp_py.escapes import warnings
+
+        try:
+            answer = self.client.version()
+        except Exception:  # the engine went away: the next checks say so
+            return
+        for text in warnings(answer):
+            self.out(f"[warn] {text}")
+
     def image(self) -> Check:
         if self.client is None or self.config is None:
             return self.report(Check(None, "sandbox image (needs the engine)"))
@@ -310,6 +324,7 @@ def run_doctor(out: Callable[[str], None] = print) -> int:
     doctor.settings()
     doctor.engine()
     doctor.isolation()
+    doctor.escapes()
     doctor.image()
     doctor.index()
     doctor.sandbox()
