@@ -30,6 +30,7 @@ from conftest import (
     start_server,
     user_processes,
 )
+from mcp.types import TextContent
 
 BUDGET = 800 * 1024  # IMAGE_BUDGET's default, in base64 characters
 
@@ -45,6 +46,15 @@ def image_blocks(result: Any) -> list[Any]:
     assert result.structured_content is None and types[0] == "text", types
     assert types == sorted(types, key=lambda t: t != "text"), types
     return [block for block in result.content if block.type == "image"]
+
+
+def as_claude_code_sees(result: Any) -> list[Any]:
+    """What Claude Code (and Codex, opencode) hands the model: the JSON of
+    structuredContent alone when a result has it, its content blocks otherwise
+    (anthropics/claude-code#54737, #79944)."""
+    if result.structured_content is not None:
+        return [TextContent(type="text", text=json.dumps(result.structured_content))]
+    return list(result.content)
 
 
 async def run_tool(server: Server, sandbox: str, code: str, timeout: int = 60) -> Any:
@@ -83,6 +93,11 @@ async def test_three_figures_come_back_as_images_in_order(sandbox_image: str, tm
         # Order kept: a wide one, a wider one, a tall one (sizes follow figsize).
         assert sizes[0][0] > sizes[0][1] and sizes[1][0] > sizes[1][1]
         assert sizes[1][0] > sizes[0][0] and sizes[2][1] > sizes[2][0]
+        # A client that keeps only structuredContent when there is one still gets the
+        # figures and reads stdout as lines.
+        seen = as_claude_code_sees(result)
+        assert [b.type for b in seen].count("image") == 3
+        assert any(b.type == "text" and b.text == "stdout:\ndrawn\n" for b in seen)
         described = [(i["width"], i["height"]) for i in structured["images"]]
         assert described == [tuple(s) for s in sizes]
         total = sum(len(i.data) for i in images)
@@ -233,6 +248,7 @@ async def test_upload_transform_download_round_trip(server: Server, sandbox: str
     assert fields(image)["kind"] == "image"
     (block,) = image_blocks(image)
     assert block.mime_type == "image/png" and base64.b64decode(block.data) == png
+    assert [b.type for b in as_claude_code_sees(image)] == ["text", "image"]
 
     listed = await server.call("list_files", {"sandbox_id": sandbox})
     entries = {e["path"]: (e["type"], e["size"]) for e in listed["entries"]}

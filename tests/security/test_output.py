@@ -1,10 +1,23 @@
 """Attacks through output: floods, binary and invalid UTF-8, control characters, text
 that looks like the protocol. Output is capped data; the server's memory stays bounded."""
 
-from conftest import Server, fields, peak_rss_mb
+from pathlib import Path
+
+from conftest import Server, container_of, fields, peak_rss_mb
 
 
-async def test_a_100_mb_flood_is_truncated(server: Server, sandbox: str) -> None:
+def _engine_files_of(docker_client, sandbox: str) -> int:
+    """Bytes the engine keeps on the host's disk for the sandbox container's logs and
+    state (its directory under the engine's root)."""
+    container = container_of(docker_client, sandbox)
+    root = Path(docker_client.info().get("DockerRootDir") or "/var/lib/docker")
+    place = root / "containers" / container.id
+    assert place.is_dir(), place  # the engine is local to the tests (CI runs it)
+    return sum(f.stat().st_size for f in place.rglob("*") if f.is_file())
+
+
+async def test_a_100_mb_flood_is_truncated(server: Server, sandbox: str, docker_client) -> None:
+    on_disk = _engine_files_of(docker_client, sandbox)
     before = peak_rss_mb(server.pid, "VmRSS")
     result = await server.run(
         sandbox,
@@ -22,6 +35,9 @@ async def test_a_100_mb_flood_is_truncated(server: Server, sandbox: str) -> None
     # flood (a generous bound; it grows by a few MiB).
     assert peak_rss_mb(server.pid) - before < 100
     assert (await server.run(sandbox, "print('after')"))["output"] == "after\n"
+    # Nothing of it landed on the host's disk: the engine writes no log of a sandbox
+    # (issue 17: bounded disk).
+    assert _engine_files_of(docker_client, sandbox) - on_disk < 64 * 1024
 
 
 async def test_one_result_stays_under_the_size_clients_accept(server: Server, sandbox: str):
