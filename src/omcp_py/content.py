@@ -83,7 +83,19 @@ def execution(outcome: Execution, limit: int | None = None) -> CallToolResult:
     if limit is None:
         return built
     room = limit - ENVELOPE
-    return built if _size(built) <= room else _fitted(outcome.result, images, room, limit)
+    if _surely_fits(outcome.result, images, room) or _size(built) <= room:
+        return built
+    return _fitted(outcome.result, images, room, limit)
+
+
+def _surely_fits(result: ExecutionResult, images: list[ContentBlock], room: int) -> bool:
+    """True when the result fits whatever its text holds, so that the usual small run
+    is not serialised once more just to be measured: a character takes at most six
+    bytes as JSON, base64 none more, and the summary and block wrappers stay under 8 KiB
+    (at most MAX_FIGURES figures are described)."""
+    text = len(result.output) + len(result.error or "")
+    data = sum(len(image.data) for image in images if isinstance(image, ImageContent))
+    return 6 * text + data + 8 * 1024 <= room
 
 
 # Said when output is cut to fit a result; the notices of the result stay after it.
