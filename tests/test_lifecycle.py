@@ -92,7 +92,7 @@ def _without_pids_limit(path: str, answer: Any) -> Any:
 
 
 @contextmanager
-def _engine_without_pids_limit(path: Path, edit: Callable[[str, Any], Any] = _without_pids_limit):
+def _engine_rewriting(path: Path, edit: Callable[[str, Any], Any] = _without_pids_limit):
     """The real engine, on a socket of its own, answering GETs only, each JSON answer
     passed through ``edit(request path, answer)`` (by default: `docker info` says it
     cannot limit processes)."""
@@ -152,7 +152,7 @@ async def test_known_escapes_of_the_engine_are_warned_of(tmp_path) -> None:
     sock = tmp_path / "engine.sock"
     errlog = tmp_path / "stderr.log"
     env = {"DOCKER_HOST": f"unix://{sock}", "LOG_LEVEL": "INFO"}
-    with _engine_without_pids_limit(sock, _old_components), errlog.open("w") as err:
+    with _engine_rewriting(sock, _old_components), errlog.open("w") as err:
         doctor = await anyio.to_thread.run_sync(
             lambda: subprocess.run(
                 [sys.executable, "-m", "omcp_py", "doctor"],
@@ -180,7 +180,7 @@ async def test_known_escapes_of_the_engine_are_warned_of(tmp_path) -> None:
 async def test_engine_that_would_drop_a_limit_is_refused(tmp_path, docker_client) -> None:
     sock = tmp_path / "engine.sock"
     errlog = tmp_path / "stderr.log"
-    with _engine_without_pids_limit(sock), errlog.open("w") as err:
+    with _engine_rewriting(sock), errlog.open("w") as err:
         env = {"DOCKER_HOST": f"unix://{sock}", "LOG_LEVEL": "INFO"}
         async with start_server(env, cwd=tmp_path, errlog=err) as srv:
             # Said at start, before any tool is called ...
