@@ -30,6 +30,7 @@ from omcp_py.runner.pid1.protocol import (
 )
 
 STUCK_SECONDS = 3.0  # after a kill, stop waiting for a process stuck in the kernel
+SETTLE_SECONDS = 5.0  # the longest a run waits for the last one's memory to come back
 GUARD_INTERVAL = 0.005
 
 
@@ -111,7 +112,29 @@ class Job:
         self.start = time.monotonic()
         self.deadline = self.start + float(header["timeout"])
         self.next_progress = self.start + PROGRESS_INTERVAL
-        self.child.send(STAY if self.stateful else ONCE, code, self.budget)
+        self.code = code
+        # gVisor hands back a killed run's memory a little later (more so under load):
+        # the next run waits for it, or the guard would kill it for its predecessor's
+        # memory. The wait counts toward the run's timeout.
+        self.settle_until = None
+        if self.guard and (memory_used() or 0) > self.guard:
+            self.settle_until = min(self.start + SETTLE_SECONDS, self.deadline)
+        else:
+            self.begin()
+
+    def begin(self):
+        self.settle_until = None
+        self.child.send(STAY if self.stateful else ONCE, self.code, self.budget)
+        self.code = None
+
+    def settled(self, now):
+        """True once the code has been sent to the child."""
+        if self.settle_until is None:
+            return True
+        if self.cancelled or now >= self.settle_until or (memory_used() or 0) <= self.guard:
+            self.begin()
+            return True
+        return False
 
     def fds(self):
         fds = list(self.streams)
@@ -240,6 +263,9 @@ class Job:
     def step(self, now):
         """Advance; True when the result has been sent."""
         runner = self.runner
+        if not self.settled(now):
+            self.progress(now)
+            return False
         status = runner.exited.pop(self.pid, None)
         if status is not None:
             if self.status is None:
