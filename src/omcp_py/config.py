@@ -188,7 +188,18 @@ class SandboxConfig(BaseSettings):
         description="More package indexes, separated by spaces or commas (pip --extra-index-url).",
     )
     package_proxy: str | None = Field(
-        None, description="HTTP(S) proxy the installer uses to reach the index (pip --proxy)."
+        None,
+        description=(
+            "HTTP proxy (http://[user:pass@]host:port) the egress filter sends the "
+            "installer's allowed connections through."
+        ),
+    )
+    package_allowed_hosts: str | None = Field(
+        None,
+        description=(
+            "More host:port pairs the installer may reach besides the indexes (e.g. where a "
+            "private index keeps its files), separated by spaces or commas."
+        ),
     )
     package_ca_bundle: str | None = Field(
         None,
@@ -217,14 +228,33 @@ class SandboxConfig(BaseSettings):
     installer_network: str = Field(
         "bridge",
         min_length=1,
-        description="Docker network of the installer container (sandboxes never get one).",
+        description=(
+            "Docker network the egress filter reaches the index on; the installer itself sits "
+            "on an internal network behind the filter (sandboxes never get one)."
+        ),
     )
 
-    @field_validator("package_index_url", "package_proxy")
+    @field_validator("package_index_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s]+$", value):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("package_proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        # The egress filter speaks plain HTTP to the proxy it chains to (CONNECT inside).
+        if value is not None and not re.match(r"^http://[^\s/]+/?$", value):
+            raise ValueError("must be http://host:port (with user:pass@ if it needs them)")
+        return value
+
+    @field_validator("package_allowed_hosts")
+    @classmethod
+    def _host_ports(cls, value: str | None) -> str | None:
+        for entry in _split_urls(value or ""):
+            if not re.match(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$", entry):
+                raise ValueError(f"{entry!r} is not host:port")
         return value
 
     @field_validator("package_extra_index_urls")
@@ -241,6 +271,11 @@ class SandboxConfig(BaseSettings):
         if value is not None and not value.startswith("/"):
             raise ValueError("must be an absolute path on the Docker host")
         return value
+
+    @property
+    def allowed_package_hosts(self) -> list[str]:
+        """PACKAGE_ALLOWED_HOSTS as a list of host:port (host in lower case)."""
+        return [entry.lower() for entry in _split_urls(self.package_allowed_hosts or "")]
 
     @property
     def extra_index_urls(self) -> list[str]:
@@ -264,11 +299,15 @@ class SandboxConfig(BaseSettings):
                 f"SANDBOX_MEMORY={format_size(self.sandbox_memory)}"
             )
         if self.package_wheelhouse and (
-            self.package_index_url or self.package_extra_index_urls or self.package_proxy
+            self.package_index_url
+            or self.package_extra_index_urls
+            or self.package_proxy
+            or self.package_allowed_hosts
         ):
             raise ValueError(
                 "PACKAGE_WHEELHOUSE installs with no index and no network: unset "
-                "PACKAGE_INDEX_URL, PACKAGE_EXTRA_INDEX_URLS and PACKAGE_PROXY, or the wheelhouse"
+                "PACKAGE_INDEX_URL, PACKAGE_EXTRA_INDEX_URLS, PACKAGE_PROXY and "
+                "PACKAGE_ALLOWED_HOSTS, or the wheelhouse"
             )
         if self.image_budget > self.max_result_size - 64 * 1024:
             raise ValueError(

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from omcp_py import escapes, outcomes, ownership
 from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig
+from omcp_py.egress import EgressFilter
 from omcp_py.engine import (
     BIND_SOURCE_MISSING,
     CONFLICT,
@@ -39,7 +40,6 @@ from omcp_py.images import ImagePuller, Progress, fix_for_missing
 from omcp_py.installer import Installer, RawInstall
 from omcp_py.models import utc_iso
 from omcp_py.ownership import Owner
-from omcp_py.packages import pip_arguments
 from omcp_py.runner.client import RawExecution, RunnerConnection, RunnerGone
 from omcp_py.sandboxes import ContainerRecord, Sandbox
 
@@ -74,6 +74,7 @@ class Containers:
         self._is_current = is_current
         self._checked_client: Any = None
         self.closing = False  # the server is shutting down: nothing new is made
+        self.egress = EgressFilter(self.engine.client, config, owner)
 
     # -- the engine ----------------------------------------------------------------------
 
@@ -331,7 +332,8 @@ class Containers:
                 raw = Installer(client, self.config).install(
                     sandbox.volume,
                     labels=labels,
-                    pip_args=pip_arguments(self.config, requirements),
+                    requirements=requirements,
+                    egress=None if self.config.package_wheelhouse else self.egress,
                     timeout=timeout,
                     prepare=not sandbox.packages_ready,
                     wanted=lambda: self._is_current(sandbox),

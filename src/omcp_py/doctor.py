@@ -207,14 +207,21 @@ class Doctor:
             return self.report(
                 Check(None, f"the package index (installs come from {config.package_wheelhouse})")
             )
+        from omcp_py.egress import EgressFilter
         from omcp_py.installer import Installer
         from omcp_py.ownership import ROLE, Owner
 
         url = config.package_index_url or "https://pypi.org/simple/"
-        labels = Owner.current().labels() | {ROLE: "installer"}
+        owner = Owner.current()
+        egress = EgressFilter(lambda: self.client, config, owner)
         try:
-            answer = Installer(self.client, config).reach_index(labels, url)
-        except Exception as exc:  # the engine refused the container
+            answer = Installer(self.client, config).reach_index(
+                owner.labels() | {ROLE: "installer"},
+                url,
+                network=egress.network,
+                proxy=egress.proxy(),
+            )
+        except Exception as exc:  # the engine refused a container
             return self.report(
                 Check(
                     False,
@@ -222,8 +229,10 @@ class Doctor:
                     "the installer runs DOCKER_IMAGE's python3: check the image and the engine",
                 )
             )
+        finally:
+            egress.close()
         kind, _, why = answer.partition(" ")
-        via = f"INSTALLER_NETWORK={config.installer_network}"
+        via = f"INSTALLER_NETWORK={config.installer_network}, through the egress filter"
         if kind == "ok":
             return self.report(
                 Check(True, f"the installer reaches the package index {url} ({via})")

@@ -185,19 +185,26 @@ def volume_owner_kwargs(
 
 
 def installer_run_kwargs(
-    config: SandboxConfig, labels: dict[str, str], volume: str, pip_args: list[str]
+    config: SandboxConfig,
+    labels: dict[str, str],
+    volume: str,
+    pip_args: list[str],
+    *,
+    network: str | None,
 ) -> dict[str, Any]:
     """Run arguments of an installer container: pip writing into a sandbox's volume.
 
     Hardened like a sandbox (non-root, no capabilities, read-only root, the same
-    limits) but on INSTALLER_NETWORK, unless a wheelhouse makes the network needless.
-    Runs only pip and our installer script: never the user's code.
+    limits) but on ``network``, the internal network whose only way out is the egress
+    filter (None: no network, with a wheelhouse). Runs only pip and our installer
+    script: never the user's code, though pip runs package code while it builds.
 
     Args:
         config: the server's settings.
         labels: ownership labels (with the installer role).
         volume: the sandbox's package volume, mounted read-write here.
         pip_args: from :func:`omcp_py.packages.pip_arguments`.
+        network: the internal network of the egress filter, or None.
 
     Returns:
         A dict for ``client.containers.create(**kwargs)``.
@@ -206,16 +213,51 @@ def installer_run_kwargs(
 
     mounts = [Mount(_INSTALL_TARGET, volume, type="volume", no_copy=True)]
     command = python_command(source("sandbox_install.py"), _INSTALL_TARGET, *pip_args)
-    return _installer(config, labels, command, mounts)
+    return _installer(config, labels, command, mounts, network=network)
 
 
-def index_probe_kwargs(config: SandboxConfig, labels: dict[str, str], url: str) -> dict[str, Any]:
+def index_probe_kwargs(
+    config: SandboxConfig, labels: dict[str, str], url: str, *, network: str, proxy: str
+) -> dict[str, Any]:
     """Run arguments of a container that checks the installer's reach to ``url``:
-    the installer's network, hardening and CA bundle, running only a fetch of the
-    index page (``omcp_py doctor``). It prints ``ok``, or ``tls``/``net`` and why."""
-    command = python_command(_INDEX_PROBE, url, config.package_proxy or "")
-    return _installer(config, labels, command, [])
+    the installer's network, filter, hardening and CA bundle, running only a fetch of
+    the index page (``omcp_py doctor``). It prints ``ok``, or ``tls``/``net`` and why."""
+    command = python_command(_INDEX_PROBE, url, proxy)
+    return _installer(config, labels, command, [], network=network)
 
+
+# The egress filter holds no state and runs no package code: small fixed limits.
+_FILTER_MEMORY = 96 * 1024**2
+_FILTER_PIDS = 96  # a thread per connection, at most 48 of them
+
+
+def egress_filter_kwargs(
+    config: SandboxConfig, labels: dict[str, str], settings: str
+) -> dict[str, Any]:
+    """Run arguments of the egress filter: a sandbox's hardening, small limits, on
+    INSTALLER_NETWORK (the caller connects it to the internal network too) and the
+    engine's default runtime (it has a network)."""
+    return {
+        "image": config.docker_image,
+        "command": python_command(source("egress_filter.py"), settings),
+        "labels": labels,
+        "hostname": "egress-filter",
+        "user": SANDBOX_USER,
+        "environment": {"LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"},
+        "network": config.installer_network,
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "mem_limit": _FILTER_MEMORY,
+        "memswap_limit": _FILTER_MEMORY,
+        "nano_cpus": int(min(config.installer_cpus, 1.0) * 1e9),
+        "pids_limit": _FILTER_PIDS,
+        # Its log is a line per connection, read by the server: capped on disk.
+        "log_config": {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},
+    }
+
+
+_NO_NAME_SERVER = "192.0.2.1"  # TEST-NET-1 (RFC 5737): never routed
 
 # What `pip` would meet first: the index's TLS certificate and the network to it.
 _INDEX_PROBE = """
@@ -239,7 +281,12 @@ except Exception as exc:
 
 
 def _installer(
-    config: SandboxConfig, labels: dict[str, str], command: list[str], mounts: list[Any]
+    config: SandboxConfig,
+    labels: dict[str, str],
+    command: list[str],
+    mounts: list[Any],
+    *,
+    network: str | None,
 ) -> dict[str, Any]:
     from docker.types import Mount
 
@@ -261,10 +308,15 @@ def _installer(
         environment["REQUESTS_CA_BUNDLE"] = CA_BUNDLE
     # A networked installer stays on the engine's default runtime: gVisor as Debian
     # builds it runs only containers without a network. It runs pip, not the user's code.
-    network: dict[str, Any] = {"network_mode": config.installer_network}
+    # Its network is internal: no route, and no name server that answers for the
+    # world (an unroutable one: the engine's resolver would otherwise ask the host's
+    # for it, a channel out). The filter is addressed by IP.
+    networking: dict[str, Any] = {"network_mode": network, "dns": [_NO_NAME_SERVER]}
     if config.package_wheelhouse:
         mounts.append(Mount(WHEELHOUSE_DIR, config.package_wheelhouse, type="bind", read_only=True))
-        network = {"network_disabled": True, **_runtime(config)}
+        networking = {"network_disabled": True, **_runtime(config)}
+    elif network is None:
+        raise ValueError("an installer without a wheelhouse needs the egress network")
     return {
         "image": config.docker_image,
         "command": command,
@@ -273,7 +325,7 @@ def _installer(
         "user": SANDBOX_USER,
         "working_dir": HOME,
         "environment": environment,
-        **network,
+        **networking,
         **_limits(config, runtime=bool(config.package_wheelhouse)),
         # Byte-compiling a large package is CPU-bound: at the sandbox's share it is
         # most of an install's time.

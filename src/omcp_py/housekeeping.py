@@ -74,6 +74,10 @@ class Housekeeper:
             log.info("removing orphan container %s of a server that is gone", container.name)
             await self.workers.control(self.containers.remove_container, container.id)
         await self.sweep_volumes()
+        egress = self.containers.egress
+        for network in await self.workers.control(egress.orphan_networks):
+            log.info("removing egress network %s of a server that is gone", network)
+            await self.workers.control(egress.remove_network, network)
 
     async def sweep_volumes(self) -> None:
         """Remove package volumes whose sandbox is gone (ours, or of dead servers)."""
@@ -105,8 +109,8 @@ class Housekeeper:
         in_flight |= self.registry.creating | self.pool.making  # and those begun since
         running = {}
         for container in containers:
-            if container.is_installer:
-                continue  # an install's own, removed when the install ends
+            if container.is_helper:
+                continue  # an install's own or the egress filter: not a sandbox
             sandbox_id = container.labels.get(ownership.SANDBOX_ID)
             if container.running:
                 running[sandbox_id] = container
@@ -139,7 +143,11 @@ class Housekeeper:
                 await self.workers.control(self.containers.remove_volume, volume)
         except Exception as exc:
             log.warning("could not remove this server's package volumes at exit: %s", exc)
-        sandboxes = sum(not c.is_installer for c in containers)
+        try:
+            await self.workers.control(self.containers.egress.close)
+        except Exception as exc:
+            log.warning("could not remove this server's egress network at exit: %s", exc)
+        sandboxes = sum(not c.is_helper for c in containers)
         log.info("removed %d sandbox(es) at exit", sandboxes)
         self.containers.engine.close()
 

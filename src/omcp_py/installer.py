@@ -19,9 +19,11 @@ from typing import Any
 
 from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig
+from omcp_py.egress import EgressFilter
 from omcp_py.engine import CONFLICT, MISSING, read_timed_out, refusal
 from omcp_py.errors import EngineError
 from omcp_py.hardening import index_probe_kwargs, installer_run_kwargs, volume_owner_kwargs
+from omcp_py.packages import pip_arguments
 from omcp_py.runner.sandbox_install import MARKER
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class RawInstall:
     cancelled: bool = False  # the caller cancelled: the installer was killed
     duration_ms: float = 0.0
     prepared: bool = False  # the volume belongs to the sandbox user now
+    egress: list[str] = field(default_factory=list)  # the filter's refusals of it
 
 
 class Installer:
@@ -64,7 +67,8 @@ class Installer:
         volume: str,
         *,
         labels: dict[str, str],
-        pip_args: list[str],
+        requirements: list[str],
+        egress: EgressFilter | None,
         timeout: float,
         prepare: bool,
         wanted: Callable[[], bool] = lambda: True,
@@ -76,7 +80,9 @@ class Installer:
         Args:
             volume: the sandbox's package volume.
             labels: ownership labels for the installer container.
-            pip_args: options and requirements for ``pip install --user``.
+            requirements: from :func:`omcp_py.packages.parse_requirements`.
+            egress: the filter the installer reaches the index through (None: no
+                network, with a wheelhouse).
             timeout: seconds the whole install may take.
             prepare: first install of this volume: hand it to the sandbox user first.
             wanted: False once the sandbox has been removed: stop at the next step.
@@ -114,7 +120,10 @@ class Installer:
                     f"{output.strip()[-300:]}. DOCKER_IMAGE must have python3 on PATH."
                 )
         remaining = max(1.0, timeout - (time.monotonic() - started))
-        kwargs = installer_run_kwargs(self.config, labels, volume, pip_args)
+        proxy = egress.proxy() if egress else None
+        pip_args = pip_arguments(self.config, requirements, proxy)
+        network = egress.network if egress else None
+        kwargs = installer_run_kwargs(self.config, labels, volume, pip_args, network=network)
         code, output, state = self._run_to_end(kwargs, remaining, wanted, report, stop)
         log_text, installed = output, []
         if MARKER in output:
@@ -125,9 +134,11 @@ class Installer:
                 code = int(result["exit_code"])
             except (ValueError, KeyError, TypeError):
                 log_text = output
+        address = str(state.get("address") or "")
         return RawInstall(
             exit_code=code,
             log=log_text.strip("\n"),
+            egress=egress.refusals(address) if egress and code != 0 else [],
             installed=installed,
             timed_out=bool(state.get("timed_out")),
             oom_killed=bool(state.get("oom_killed")),
@@ -137,14 +148,23 @@ class Installer:
             prepared=True,
         )
 
-    def reach_index(self, labels: dict[str, str], url: str, timeout: float = 40.0) -> str:
-        """Fetch ``url`` from a container made like an installer (``omcp_py doctor``).
+    def reach_index(
+        self,
+        labels: dict[str, str],
+        url: str,
+        *,
+        network: str,
+        proxy: str,
+        timeout: float = 40.0,
+    ) -> str:
+        """Fetch ``url`` from a container made like an installer, through the egress
+        filter at ``proxy`` on ``network`` (``omcp_py doctor``).
 
         Returns:
             ``ok``, or ``tls <why>`` (the certificate could not be verified) or
             ``net <why>`` (no connection), or ``failed <what happened>``.
         """
-        kwargs = index_probe_kwargs(self.config, labels, url)
+        kwargs = index_probe_kwargs(self.config, labels, url, network=network, proxy=proxy)
         code, output, state = self._run_to_end(kwargs, timeout, lambda: True, lambda: None, Stop())
         last = (output.strip().splitlines() or [""])[-1]
         if state.get("timed_out"):
@@ -164,7 +184,8 @@ class Installer:
         """Create, start and wait for a container; always remove it.
 
         Returns:
-            (exit code, its output, {"timed_out", "oom_killed", "vanished", "cancelled"}).
+            (exit code, its output, {"timed_out", "oom_killed", "vanished", "cancelled",
+            "address"}).
         """
         import docker
         import requests
@@ -172,7 +193,7 @@ class Installer:
         api = self.client.api
         name = f"omcp-install-{uuid.uuid4().hex[:12]}"
         container = self.client.containers.create(name=name, **kwargs)
-        state: dict[str, bool] = {}
+        state: dict[str, Any] = {}
         code = -1
         output = ""
         try:
@@ -186,6 +207,12 @@ class Installer:
                 state["vanished"] = True
                 return code, output, state
             container.start()
+            network = kwargs.get("network_mode")
+            if network:
+                # Who it is on the egress network: the filter's log names it so.
+                with contextlib.suppress(docker.errors.APIError, KeyError, TypeError):
+                    found = api.inspect_container(container.id)["NetworkSettings"]["Networks"]
+                    state["address"] = found[network]["IPAddress"]
 
             def kill() -> None:
                 state["cancelled"] = True

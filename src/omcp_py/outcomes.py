@@ -173,7 +173,7 @@ def install_result(
             f"was installed."
         )
     elif raw.exit_code != 0:
-        error = explain_failure(raw.log, config)
+        error = explain_failure(raw.log, config, raw.egress)
     elif not raw.installed:
         error = "The installer reported success but the sandbox holds no package."
     return InstallResult(

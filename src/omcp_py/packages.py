@@ -6,6 +6,7 @@ caller sends are parsed as PEP 508 and reach pip as separate arguments after
 """
 
 import re
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from omcp_py.config import SandboxConfig
@@ -99,12 +100,34 @@ def parse_requirements(text: str) -> list[str]:
     return requirements
 
 
-def pip_arguments(config: SandboxConfig, requirements: list[str]) -> list[str]:
+PYPI_HOSTS = ["pypi.org:443", "files.pythonhosted.org:443"]
+
+
+def host_port(url: str) -> str:
+    """``host:port`` of an http(s) URL, the scheme's port when it names none."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").rstrip(".")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def allowed_hosts(config: SandboxConfig) -> list[str]:
+    """``host:port`` the installer may reach through the egress filter: the indexes'
+    (PyPI's and its file host's when none is set), then PACKAGE_ALLOWED_HOSTS."""
+    found = [host_port(config.package_index_url)] if config.package_index_url else PYPI_HOSTS
+    found = found + [host_port(url) for url in config.extra_index_urls]
+    return list(dict.fromkeys(found + config.allowed_package_hosts))
+
+
+def pip_arguments(
+    config: SandboxConfig, requirements: list[str], proxy: str | None = None
+) -> list[str]:
     """The arguments after ``pip install --target DIR`` for one install.
 
     Args:
         config: the server's package settings.
         requirements: from :func:`parse_requirements`.
+        proxy: the egress filter's URL (PACKAGE_PROXY is chained behind it).
 
     Returns:
         Options first, then ``--`` and the requirements, one argument each.
@@ -130,8 +153,8 @@ def pip_arguments(config: SandboxConfig, requirements: list[str]) -> list[str]:
         for url in [config.package_index_url or "", *config.extra_index_urls]:
             if url.startswith("http://"):
                 args.append(f"--trusted-host={urlsplit(url).netloc}")
-        if config.package_proxy:
-            args.append(f"--proxy={config.package_proxy}")
+        if proxy:
+            args.append(f"--proxy={proxy}")
     args.append("--prefer-binary" if config.package_source_builds else "--only-binary=:all:")
     return [*args, "--", *requirements]
 
@@ -140,12 +163,13 @@ _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
 _CONFLICT = re.compile(r"conflict is caused by:\n((?:[ \t]+\S.*\n)+)")
 
 
-def explain_failure(log: str, config: SandboxConfig) -> str:
+def explain_failure(log: str, config: SandboxConfig, egress: Sequence[str] = ()) -> str:
     """One or two sentences on why pip failed, from its log.
 
     Args:
         log: what the installer printed (pip's output).
         config: the package settings, to point at the one that matters.
+        egress: the egress filter's refusals and failures of this installer.
 
     Returns:
         A short, specific message that says what to do next.
@@ -161,7 +185,25 @@ def explain_failure(log: str, config: SandboxConfig) -> str:
             f"TLS. Set PACKAGE_CA_BUNDLE to the CA bundle that trusts it (e.g. "
             f"/etc/ssl/certs/ca-certificates.crt)."
         )
+    refused = [line for line in egress if line.startswith("refuse ")]
+    if refused or "Refused by the omcp_py egress filter" in log:
+        said = _refusal(refused[-1]) if refused else "a host off the allow-list"
+        return (
+            f"The egress filter refused a connection of the installer to {said}. It may "
+            f"reach only the package indexes: {', '.join(allowed_hosts(config))}. A package "
+            f"whose build reaches elsewhere cannot be installed; a host that serves an "
+            f"index's files goes in PACKAGE_ALLOWED_HOSTS."
+        )
+    failed = [line for line in egress if line.startswith("fail ")]
+    if failed:
+        return (
+            f"The package index {_index(config)} could not be reached from the egress filter "
+            f"(network {config.installer_network!r}): {failed[-1].split(': ', 1)[-1]}. Check "
+            f"PACKAGE_INDEX_URL, PACKAGE_PROXY and the engine's network, or use "
+            f"PACKAGE_WHEELHOUSE offline."
+        )
     unreachable = (
+        "Unreachable from the omcp_py egress filter",
         "Failed to establish a new connection",
         "Temporary failure in name resolution",
         "Name or service not known",
@@ -215,6 +257,13 @@ def explain_failure(log: str, config: SandboxConfig) -> str:
     if errors:
         return errors[-1].removeprefix("ERROR:").strip()[:500]
     return "The installer failed; see output for pip's log."
+
+
+def _refusal(line: str) -> str:
+    """``host:port (why)`` of the filter's ``refuse METHOD HOST:PORT from PEER: WHY``."""
+    words = line.split(" ", 3)
+    why = line.partition(": ")[2].split(" (")[0]
+    return f"{words[2]} ({why})" if len(words) > 2 and why else line[:200]
 
 
 def _index(config: SandboxConfig) -> str:

@@ -89,8 +89,9 @@ class ContainerRecord:
     running: bool
 
     @property
-    def is_installer(self) -> bool:
-        return self.labels.get(ownership.ROLE) == "installer"
+    def is_helper(self) -> bool:
+        """An installer or the egress filter: a container that is no sandbox."""
+        return self.labels.get(ownership.ROLE) in ("installer", "egress")
 
 
 class Registry:
