@@ -12,7 +12,6 @@ Blocking (Docker calls): call it from a worker thread.
 """
 
 import base64
-import contextlib
 import json
 import logging
 import threading
@@ -200,11 +199,12 @@ class EgressFilter:
 
         if self._container_id is None:
             return
-        with contextlib.suppress(docker.errors.NotFound):
-            try:
-                self._client().api.remove_container(self._container_id, force=True)
-            except docker.errors.APIError as exc:
-                log.warning("could not remove the egress filter: %s", exc)
+        try:
+            self._client().api.remove_container(self._container_id, force=True)
+        except docker.errors.NotFound:
+            pass  # shutdown's sweep of this server's containers took it first
+        except docker.errors.APIError as exc:
+            log.warning("could not remove the egress filter: %s", exc)
         self._container_id = None
         self._proxy = None
 
@@ -229,8 +229,9 @@ class EgressFilter:
 
         with self._lock:
             self._remove_container()
-            with contextlib.suppress(docker.errors.NotFound):
-                try:
-                    self._client().api.remove_network(self.network)
-                except docker.errors.APIError as exc:
-                    log.warning("could not remove network %s: %s", self.network, exc)
+            try:
+                self._client().api.remove_network(self.network)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                log.warning("could not remove network %s: %s", self.network, exc)

@@ -222,8 +222,13 @@ async def test_package_code_reaches_nothing_but_the_index(
             assert result["success"] is True, result
             shown = await server.run(sid, "import omcp_egress; print(omcp_egress.RESULT)")
             seen = json.loads(shown["output"])
+            pid = server.pid
     finally:
         httpd.shutdown()
+    # The filter and its network went with the server.
+    mine = {"label": f"omcp_py.owner-pid={pid}"}
+    assert docker_client.networks.list(filters=mine) == []
+    assert docker_client.containers.list(all=True, filters=mine) == []
     print(json.dumps(seen, indent=1))  # the note quotes these
     assert seen["proxy_url"], "the probe found no filter on pip's command line"
     for target, outcome in seen["direct"].items():
