@@ -54,12 +54,16 @@ def test_every_isolation_option_is_set() -> None:
 
 def test_installer_is_hardened_like_a_sandbox_but_networked() -> None:
     config = SandboxConfig(package_ca_bundle="/etc/ssl/certs/ca-certificates.crt")
-    kwargs = installer_run_kwargs(config, {"omcp_py.role": "installer"}, "vol", ["--", "six"])
+    kwargs = installer_run_kwargs(
+        config, {"omcp_py.role": "installer"}, "vol", ["--", "six"], network="omcp-egress-x"
+    )
     sandbox = sandbox_run_kwargs(config, {}, "vol")
     for key in ("read_only", "cap_drop", "security_opt", "mem_limit", "pids_limit"):
         assert kwargs[key] == sandbox[key], key
     assert kwargs["user"] == "1000:1000" and "cap_add" not in kwargs
-    assert kwargs["network_mode"] == "bridge" and "network_disabled" not in kwargs
+    # On the egress filter's internal network, with a name server that answers nothing.
+    assert kwargs["network_mode"] == "omcp-egress-x" and "network_disabled" not in kwargs
+    assert kwargs["dns"] == ["192.0.2.1"]
     assert kwargs["command"][-2:] == ["--", "six"]
     mounts = {m["Target"]: m for m in kwargs["mounts"]}
     assert mounts["/etc/omcp/ca-bundle.crt"]["ReadOnly"] is True
@@ -68,7 +72,7 @@ def test_installer_is_hardened_like_a_sandbox_but_networked() -> None:
 
 def test_installer_with_a_wheelhouse_has_no_network() -> None:
     config = SandboxConfig(package_wheelhouse="/srv/wheels")
-    kwargs = installer_run_kwargs(config, {}, "vol", ["--", "six"])
+    kwargs = installer_run_kwargs(config, {}, "vol", ["--", "six"], network=None)
     assert kwargs["network_disabled"] is True and "network_mode" not in kwargs
 
 
@@ -111,7 +115,7 @@ def test_gvisor_gets_room_for_its_kernel_and_limits_the_code_inside() -> None:
     assert kwargs["command"][-1] == "128"  # RLIMIT_NPROC of the code's user
     assert memory_guard(config) == 512 * 2**20 and memory_guard(SandboxConfig()) == 0
     # A networked installer stays on the default runtime, with the plain limits.
-    installer = installer_run_kwargs(config, {}, "vol", ["--", "six"])
+    installer = installer_run_kwargs(config, {}, "vol", ["--", "six"], network="n")
     assert "runtime" not in installer and installer["pids_limit"] == 128
     helper = volume_owner_kwargs(config, {}, "vol")
     assert helper["runtime"] == "runsc" and helper["network_disabled"] is True
