@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import socket
 import tarfile
 import threading
@@ -322,6 +323,43 @@ async def test_installer_is_confined_seen_from_inside(
     assert seen["docker socket"] is False
     assert canary not in json.dumps(seen["environ"])
     assert not _installers(docker_client)
+
+
+_LISTING = (
+    "import os\n"
+    "found = []\n"
+    "for root, dirs, files in os.walk('/opt/omcp/packages'):\n"
+    "    for name in files:\n"
+    "        path = os.path.join(root, name)\n"
+    "        found.append((path, os.path.getsize(path)))\n"
+    "print(sorted(found))\n"
+)
+
+
+async def test_an_install_past_the_disk_limit_is_undone(
+    wheelhouse: Path, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    # 24 MiB of incompressible text in one module: past a 16 MiB PACKAGES_DISK_LIMIT.
+    data = base64.b64encode(os.urandom(18 * 2**20)).decode()
+    name, wheel = _zip_wheel("omcp_big", "1.0", {"omcp_big.py": f"DATA = {data!r}\n"})
+    (wheelhouse / name).write_bytes(wheel)
+    (wheelhouse / name).chmod(0o644)
+    env = {"PACKAGE_WHEELHOUSE": str(wheelhouse), "PACKAGES_DISK_LIMIT": "16m"}
+    async with start_server(env, cwd=tmp_path) as server:
+        sid = await server.create()
+        small = await _install(server, sid, "omcp-demo==0.1.0")
+        assert small["success"] is True, small
+        before = (await server.run(sid, _LISTING))["output"]
+        big = await _install(server, sid, "omcp-big omcp-demo==0.2.0")
+        after = (await server.run(sid, _LISTING))["output"]
+        value = await server.run(sid, "import omcp_demo; print(omcp_demo.VALUE)")
+        gone = await server.run(sid, "import omcp_big")
+    assert big["success"] is False, big
+    assert "over PACKAGES_DISK_LIMIT=16m" in big["error"], big["error"]
+    assert "what it wrote was removed" in big["error"]
+    assert after == before  # the earlier install as it was: same files, same sizes
+    assert value["output"] == "41\n"
+    assert "ModuleNotFoundError" in gone["error"]
 
 
 # -- refusals, timeouts, concurrency, lifecycle ------------------------------------------

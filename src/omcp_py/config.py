@@ -219,6 +219,14 @@ class SandboxConfig(BaseSettings):
         True,
         description="Allow building packages from source when no wheel fits (wheels preferred).",
     )
+    packages_disk_limit: Size = Field(
+        "2g",
+        ge=16 * 1024**2,
+        description=(
+            "Most bytes a sandbox's installed packages may take on the host's disk; an "
+            "install past it is stopped and undone."
+        ),
+    )
     installer_cpus: float = Field(
         1.0,
         gt=0,

@@ -212,7 +212,8 @@ def installer_run_kwargs(
     from docker.types import Mount
 
     mounts = [Mount(_INSTALL_TARGET, volume, type="volume", no_copy=True)]
-    command = python_command(source("sandbox_install.py"), _INSTALL_TARGET, *pip_args)
+    limit = str(config.packages_disk_limit)
+    command = python_command(source("sandbox_install.py"), _INSTALL_TARGET, limit, *pip_args)
     return _installer(config, labels, command, mounts, network=network)
 
 

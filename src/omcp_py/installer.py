@@ -49,6 +49,7 @@ class RawInstall:
     duration_ms: float = 0.0
     prepared: bool = False  # the volume belongs to the sandbox user now
     egress: list[str] = field(default_factory=list)  # the filter's refusals of it
+    disk_exceeded: int = 0  # bytes on the volume when PACKAGES_DISK_LIMIT stopped it
 
 
 class Installer:
@@ -125,13 +126,14 @@ class Installer:
         network = egress.network if egress else None
         kwargs = installer_run_kwargs(self.config, labels, volume, pip_args, network=network)
         code, output, state = self._run_to_end(kwargs, remaining, wanted, report, stop)
-        log_text, installed = output, []
+        log_text, installed, disk_exceeded = output, [], 0
         if MARKER in output:
             log_text, _, trailer = output.rpartition(MARKER)
             try:
                 result = json.loads(trailer)
                 installed = [str(item) for item in result["installed"]]
                 code = int(result["exit_code"])
+                disk_exceeded = max(0, int(result.get("disk_exceeded") or 0))
             except (ValueError, KeyError, TypeError):
                 log_text = output
         address = str(state.get("address") or "")
@@ -139,6 +141,7 @@ class Installer:
             exit_code=code,
             log=log_text.strip("\n"),
             egress=egress.refusals(address) if egress and code != 0 else [],
+            disk_exceeded=disk_exceeded,
             installed=installed,
             timed_out=bool(state.get("timed_out")),
             oom_killed=bool(state.get("oom_killed")),

@@ -172,6 +172,14 @@ def install_result(
             f"(SANDBOX_MEMORY={format_size(config.sandbox_memory)}); nothing new "
             f"was installed."
         )
+    elif raw.disk_exceeded:
+        error = (
+            f"The install was stopped when the sandbox's packages took "
+            f"{raw.disk_exceeded / 1024**2:.1f} MiB on the host's disk, over "
+            f"PACKAGES_DISK_LIMIT={format_size(config.packages_disk_limit)}; what it wrote "
+            f"was removed and the sandbox's packages are as before. Install fewer or smaller "
+            f"packages, or raise PACKAGES_DISK_LIMIT."
+        )
     elif raw.exit_code != 0:
         error = explain_failure(raw.log, config, raw.egress)
     elif not raw.installed:

@@ -1,21 +1,33 @@
 # Runs pip in an installer container (never in a sandbox). Stdlib only, Python 3.8+;
-# started as `python3 -I -c SOURCE TARGET PIP_ARGS...` by the engine, as the sandbox
-# user, with the sandbox's package volume mounted read-write at TARGET, which is
-# also PYTHONUSERBASE: `pip install --user` writes there, and sees (so does not fetch
-# again, and upgrades or downgrades properly) what earlier installs put there.
+# started as `python3 -I -c SOURCE TARGET LIMIT PIP_ARGS...` by the engine, as the
+# sandbox user, with the sandbox's package volume mounted read-write at TARGET, which
+# is also PYTHONUSERBASE: `pip install --user` writes there, and sees (so does not
+# fetch again, and upgrades or downgrades properly) what earlier installs put there.
+#
+# LIMIT bounds the bytes the volume may hold (PACKAGES_DISK_LIMIT). Before pip runs,
+# the volume is kept as it is in a tree of hard links (no data copied: pip never
+# rewrites a file in place, it unlinks first); past the limit pip is killed and the
+# volume put back from that tree. A tree left by an installer killed from outside (a
+# timeout) is put back by the next install first.
 #
 # stdout: pip's output (its head, then a rolling tail: bounded whatever pip prints),
 # then one line `MARKER {json}` with pip's exit code and the distributions now there.
 import json
 import os
 import shutil
+import signal
 import site
 import subprocess
 import sys
+import threading
+import time
 
 MARKER = "@@omcp-install-result@@"
 HEAD = 16 * 1024
 TAIL = 48 * 1024
+BEFORE = ".omcp-before"  # the volume as it was, in hard links
+TMP = ".omcp-tmp"
+WATCH_SECONDS = 0.5
 
 
 def write(data):
@@ -23,13 +35,88 @@ def write(data):
     sys.stdout.buffer.flush()
 
 
-def run_pip(pip_args, tmp):
+def disk_used(top):
+    """Bytes the tree takes on disk, each file once however many links it has."""
+    seen = set()
+    total = 0
+    for root, dirs, files in os.walk(top):
+        for name in dirs + files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key not in seen:
+                seen.add(key)
+                total += st.st_blocks * 512
+    return total
+
+
+def snapshot(target):
+    """Keep the volume as it is: every file hard-linked under BEFORE."""
+    before = os.path.join(target, BEFORE)
+    os.makedirs(before)
+    for entry in os.listdir(target):
+        if entry in (BEFORE, TMP):
+            continue
+        source, kept = os.path.join(target, entry), os.path.join(before, entry)
+        if os.path.isdir(source) and not os.path.islink(source):
+            shutil.copytree(source, kept, symlinks=True, copy_function=os.link)
+        else:
+            os.link(source, kept, follow_symlinks=False)
+
+
+def restore(target):
+    """Put the volume back as BEFORE holds it, and drop BEFORE."""
+    before = os.path.join(target, BEFORE)
+    for entry in os.listdir(target):
+        if entry == BEFORE:
+            continue
+        path = os.path.join(target, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    for entry in os.listdir(before):
+        os.rename(os.path.join(before, entry), os.path.join(target, entry))
+    os.rmdir(before)
+
+
+class Watch:
+    """Stops pip once the volume holds more than the limit."""
+
+    def __init__(self, target, limit, proc):
+        self.target, self.limit, self.proc = target, limit, proc
+        self.exceeded = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while self.proc.poll() is None:
+            used = disk_used(self.target)
+            if self.limit and used > self.limit:
+                self.exceeded = used
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # pip and its build processes
+                except OSError:
+                    pass
+                return
+            time.sleep(WATCH_SECONDS)
+
+
+def run_pip(pip_args, tmp, target, limit):
     # pip downloads and unpacks under TMPDIR: on the volume, not in memory (tmpfs).
     env = dict(os.environ, TMPDIR=tmp)
     command = [sys.executable, "-m", "pip", "install", "--user"] + pip_args
     proc = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
+    watch = Watch(target, limit, proc)
     head_left = HEAD
     tail = bytearray()
     dropped = 0
@@ -49,10 +136,11 @@ def run_pip(pip_args, tmp):
                 dropped += excess
                 del tail[:excess]
     code = proc.wait()
+    watch.thread.join()
     if dropped:
         write(("\n[... %d bytes of pip's log left out ...]\n" % dropped).encode())
     write(bytes(tail))
-    return code
+    return code, watch.exceeded
 
 
 def read_metadata(path):
@@ -87,15 +175,25 @@ def distributions():
 
 
 def main():
-    target = sys.argv[1]
-    tmp = os.path.join(target, ".omcp-tmp")
+    target, limit = sys.argv[1], int(sys.argv[2])
+    tmp = os.path.join(target, TMP)
     shutil.rmtree(tmp, ignore_errors=True)  # left by an installer that was killed
+    if os.path.isdir(os.path.join(target, BEFORE)):
+        restore(target)  # that installer's half-done work goes too
+    snapshot(target)
     os.makedirs(tmp)
+    exceeded = 0
     try:
-        code = run_pip(sys.argv[2:], tmp)
+        code, exceeded = run_pip(sys.argv[3:], tmp, target, limit)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if exceeded:
+        restore(target)
+    else:
+        shutil.rmtree(os.path.join(target, BEFORE), ignore_errors=True)
     result = {"exit_code": code, "installed": distributions()}
+    if exceeded:
+        result["disk_exceeded"] = exceeded
     write(("\n%s %s\n" % (MARKER, json.dumps(result))).encode())
 
 
