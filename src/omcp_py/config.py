@@ -219,6 +219,14 @@ class SandboxConfig(BaseSettings):
         True,
         description="Allow building packages from source when no wheel fits (wheels preferred).",
     )
+    sandbox_allowed_hosts: str | None = Field(
+        None,
+        description=(
+            "host:port pairs a sandbox may be given with create_sandbox(allow_hosts=...), "
+            "through its own egress filter, separated by spaces or commas; unset: no sandbox "
+            "ever has a network."
+        ),
+    )
     packages_disk_limit: Size = Field(
         "2g",
         ge=16 * 1024**2,
@@ -257,7 +265,7 @@ class SandboxConfig(BaseSettings):
             raise ValueError("must be http://host:port (with user:pass@ if it needs them)")
         return value
 
-    @field_validator("package_allowed_hosts")
+    @field_validator("package_allowed_hosts", "sandbox_allowed_hosts")
     @classmethod
     def _host_ports(cls, value: str | None) -> str | None:
         for entry in _split_urls(value or ""):
@@ -284,6 +292,11 @@ class SandboxConfig(BaseSettings):
     def allowed_package_hosts(self) -> list[str]:
         """PACKAGE_ALLOWED_HOSTS as a list of host:port (host in lower case)."""
         return [entry.lower() for entry in _split_urls(self.package_allowed_hosts or "")]
+
+    @property
+    def allowed_sandbox_hosts(self) -> list[str]:
+        """SANDBOX_ALLOWED_HOSTS as a list of host:port (host in lower case)."""
+        return [entry.lower() for entry in _split_urls(self.sandbox_allowed_hosts or "")]
 
     @property
     def extra_index_urls(self) -> list[str]:

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from omcp_py import escapes, outcomes, ownership
+from omcp_py import outcomes, ownership
 from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig
-from omcp_py.egress import EgressFilter
+from omcp_py.egress import EgressFilter, sandbox_network
 from omcp_py.engine import (
     BIND_SOURCE_MISSING,
     CONFLICT,
@@ -26,18 +26,16 @@ from omcp_py.errors import (
     ConfigError,
     EngineError,
     ImageUnavailable,
-    IsolationUnavailable,
     SandboxCreateFailed,
 )
 from omcp_py.hardening import (
     memory_guard,
-    missing_limits,
     packages_volume,
-    runtime_problem,
     sandbox_run_kwargs,
 )
 from omcp_py.images import ImagePuller, Progress, fix_for_missing
 from omcp_py.installer import Installer, RawInstall
+from omcp_py.isolation import IsolationCheck
 from omcp_py.models import utc_iso
 from omcp_py.ownership import Owner
 from omcp_py.runner.client import RawExecution, RunnerConnection, RunnerGone
@@ -72,48 +70,26 @@ class Containers:
         self.engine = Engine(config.sandbox_base_url, config.docker_timeout)
         self.images = ImagePuller()
         self._is_current = is_current
-        self._checked_client: Any = None
+        self.isolation = IsolationCheck(self.engine, config)
         self.closing = False  # the server is shutting down: nothing new is made
         self.egress = EgressFilter(self.engine.client, config, owner)
 
     # -- the engine ----------------------------------------------------------------------
 
     def verify_engine(self) -> None:
-        self.check_isolation(self.engine.client())
+        self.isolation.check(self.engine.client())
 
     def check_isolation(self, client: Any) -> None:
         """IsolationUnavailable when the engine would drop a limit or lacks the runtime."""
-        # Once per connection: a reconnect may reach another engine.
-        if self._checked_client is client:
-            return
-        with self.engine.errors():
-            info = client.info()
-        missing = missing_limits(info)
-        runtime = runtime_problem(info, self.config.sandbox_runtime)
-        if runtime:
-            raise IsolationUnavailable(f"The Docker engine at {self.engine.url}: {runtime}")
-        if missing:
-            raise IsolationUnavailable(
-                f"The Docker engine at {self.engine.url} cannot enforce the "
-                f"{', '.join(missing)}; omcp_py does not run sandboxes without it. Use an engine "
-                f"with the cgroup controllers enabled (see `docker info` warnings)."
-            )
-        self._checked_client = client
-        self._warn_of_escapes(client)
-
-    def _warn_of_escapes(self, client: Any) -> None:
-        try:
-            answer = client.version()
-        except Exception as exc:  # a warning only: never a reason to refuse
-            log.debug("docker version failed: %s", exc)
-            return
-        for text in escapes.warnings(answer):
-            log.warning("%s", text)
+        self.isolation.check(client)
 
     # -- sandboxes -----------------------------------------------------------------------
 
-    def create(self, sandbox_id: str, progress: Progress | None = None) -> Sandbox:
-        """A started, hardened sandbox with its runner attached."""
+    def create(
+        self, sandbox_id: str, progress: Progress | None = None, allow: tuple[str, ...] = ()
+    ) -> Sandbox:
+        """A started, hardened sandbox with its runner attached; with ``allow`` (checked
+        host:port pairs) on its own network behind its own egress filter."""
         import docker
 
         client = self.engine.client()
@@ -126,7 +102,18 @@ class Containers:
             ownership.CREATED: utc_iso(now),
             ownership.ROLE: "sandbox",
         }
-        kwargs = sandbox_run_kwargs(self.config, labels, packages_volume(sandbox_id))
+        network = {}
+        if allow:
+            egress = EgressFilter(
+                self.engine.client, self.config, self.owner, sandbox_id=sandbox_id, allow=[*allow]
+            )
+            try:
+                with self.engine.errors():
+                    network = {"network": egress.network, "proxy": egress.proxy()}
+            except Exception:
+                egress.close()
+                raise
+        kwargs = sandbox_run_kwargs(self.config, labels, packages_volume(sandbox_id), **network)
         with self.engine.errors():
             try:
                 try:
@@ -137,6 +124,7 @@ class Containers:
                     self.images.ensure(client, self.config.docker_image, progress)
                     container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
             except docker.errors.APIError as exc:
+                self.destroy(sandbox_id, "")  # its filter and network, if it has them
                 raise SandboxCreateFailed(
                     f"The engine refused to create the sandbox: {exc.explanation or exc}"
                 ) from None
@@ -165,17 +153,19 @@ class Containers:
         )
 
     def destroy(self, sandbox_id: str, container_id: str) -> bool:
-        """Remove a sandbox's container, any installer of it, then its package volume.
+        """Remove a sandbox's container, any installer and filter of it, then its network
+        and package volume.
 
         Returns:
             False when the sandbox container was already gone.
         """
         if sandbox_id:
-            labels = {ownership.SANDBOX_ID: sandbox_id, ownership.ROLE: "installer"}
-            for installer in self.list(labels):
-                self.remove_container(installer.id)
-        existed = self.remove_container(container_id)
+            for role in ("installer", "egress"):  # its installs, its filter if it has one
+                for helper in self.list({ownership.SANDBOX_ID: sandbox_id, ownership.ROLE: role}):
+                    self.remove_container(helper.id)
+        existed = self.remove_container(container_id) if container_id else False
         if sandbox_id:
+            self.egress.remove_network(sandbox_network(sandbox_id))
             self.remove_volume(packages_volume(sandbox_id))
         return existed
 

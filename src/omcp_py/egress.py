@@ -21,8 +21,8 @@ from urllib.parse import unquote, urlsplit
 
 from omcp_py import ownership
 from omcp_py.config import SandboxConfig
-from omcp_py.errors import ConfigError, EngineError, IsolationUnavailable
-from omcp_py.hardening import egress_filter_kwargs
+from omcp_py.errors import ConfigError, EngineError, InvalidArgument, IsolationUnavailable
+from omcp_py.hardening import egress_filter_kwargs, own_kernel
 from omcp_py.networks import host_address
 from omcp_py.ownership import Owner
 from omcp_py.packages import allowed_hosts, host_port
@@ -31,11 +31,18 @@ log = logging.getLogger(__name__)
 
 PORT = 3128
 ROLE = "egress"
+
+
+def sandbox_network(sandbox_id: str) -> str:
+    """The internal network of a sandbox created with allow_hosts."""
+    return f"omcp-net-{sandbox_id}"
+
+
 _READY_SECONDS = 20.0
 
 
 def filter_settings(config: SandboxConfig) -> dict[str, Any]:
-    """What the filter program is told: its port, allow-list and upstream proxy."""
+    """What the installer's filter is told: its port, allow-list and upstream proxy."""
     settings: dict[str, Any] = {"port": PORT, "allow": allowed_hosts(config)}
     if config.package_proxy:
         proxy = urlsplit(config.package_proxy)
@@ -48,25 +55,77 @@ def filter_settings(config: SandboxConfig) -> dict[str, Any]:
     return settings
 
 
+def sandbox_hosts(requested: list[str], config: SandboxConfig) -> list[str]:
+    """The host:port pairs a new sandbox asked for, each one SANDBOX_ALLOWED_HOSTS offers.
+
+    Raises:
+        InvalidArgument: one is not offered (or nothing is), or the runtime gives
+            sandboxes no network.
+    """
+    offered = config.allowed_sandbox_hosts
+    wanted = list(dict.fromkeys(entry.strip().lower() for entry in requested))
+    if not wanted:
+        return []
+    if not offered:
+        raise InvalidArgument(
+            "allow_hosts: this server lets no sandbox open a connection "
+            "(SANDBOX_ALLOWED_HOSTS is empty): create the sandbox without allow_hosts, or ask "
+            "the operator to set SANDBOX_ALLOWED_HOSTS."
+        )
+    refused = [entry for entry in wanted if entry not in offered]
+    if refused:
+        raise InvalidArgument(
+            f"allow_hosts: {', '.join(repr(r[:100]) for r in refused[:5])} not allowed; "
+            f"this server's SANDBOX_ALLOWED_HOSTS offers {', '.join(offered)} (host:port)."
+        )
+    if own_kernel(config):
+        raise InvalidArgument(
+            f"allow_hosts needs a network interface, and sandboxes under "
+            f"SANDBOX_RUNTIME={config.sandbox_runtime} get none (Debian's runsc runs no "
+            f"networked container): create the sandbox without allow_hosts."
+        )
+    return wanted
+
+
 class EgressFilter:
     """This server's internal network and filter container, made on first use."""
 
-    def __init__(self, client: Any, config: SandboxConfig, owner: Owner) -> None:
+    def __init__(
+        self,
+        client: Any,
+        config: SandboxConfig,
+        owner: Owner,
+        *,
+        sandbox_id: str | None = None,
+        allow: list[str] | None = None,
+    ) -> None:
         """Args:
         client: a callable that returns a connected ``docker.DockerClient``.
         config: the server's settings.
         owner: this server's identity (names and labels).
+        sandbox_id: the sandbox this filter serves alone (None: the installer's).
+        allow: that sandbox's host:port pairs.
         """
         self._client = client
         self.config = config
         self.owner = owner
-        self.network = f"omcp-egress-{owner.instance[:12]}"
+        self.sandbox_id = sandbox_id
+        if sandbox_id is None:
+            self.network = f"omcp-egress-{owner.instance[:12]}"
+            self.settings = filter_settings(config)
+        else:
+            # One network per sandbox: two sandboxes on one could reach each other.
+            self.network = sandbox_network(sandbox_id)
+            self.settings = {"port": PORT, "allow": list(allow or [])}
         self._lock = threading.Lock()
         self._proxy: str | None = None
         self._container_id: str | None = None
 
     def labels(self) -> dict[str, str]:
-        return self.owner.labels() | {ownership.ROLE: ROLE}
+        labels = self.owner.labels() | {ownership.ROLE: ROLE}
+        if self.sandbox_id is not None:
+            labels[ownership.SANDBOX_ID] = self.sandbox_id
+        return labels
 
     def proxy(self) -> str:
         """``http://address:port`` of the running filter on :attr:`network`; starts both
@@ -120,10 +179,10 @@ class EgressFilter:
 
         self._ensure_network()
         client = self._client()
-        settings = json.dumps(filter_settings(self.config) | {"probe": self._gateway()})
+        settings = json.dumps(self.settings | {"probe": self._gateway()})
         kwargs = egress_filter_kwargs(self.config, self.labels(), settings)
         container = client.containers.create(
-            name=f"omcp-egress-{self.owner.instance[:12]}-{int(time.time() * 1000) % 10**8}",
+            name=f"{self.network}-filter-{int(time.time() * 1000) % 10**8}",
             **kwargs,
         )
         self._container_id = container.id
@@ -213,13 +272,21 @@ class EgressFilter:
         rows = self._client().api.networks(filters={"label": f"{ownership.ROLE}={ROLE}"})
         return [row["Name"] for row in rows or [] if self.owner.is_orphan(row.get("Labels") or {})]
 
+    def remove_own_networks(self) -> None:
+        """Remove every network of this server (at shutdown, once its containers are gone)."""
+        labels = [f"{ownership.ROLE}={ROLE}", f"{ownership.OWNER}={self.owner.instance}"]
+        for row in self._client().api.networks(filters={"label": labels}) or []:
+            self.remove_network(row["Name"])
+
     def remove_network(self, name: str) -> None:
         """Remove a network; one still in use (its filter not gone yet) waits for the
-        next sweep."""
+        next sweep, one that is gone (or never was) is no error."""
         import docker
 
         try:
             self._client().api.remove_network(name)
+        except docker.errors.NotFound:
+            pass
         except docker.errors.APIError as exc:
             log.debug("network %s not removed yet: %s", name, exc)
 

@@ -27,6 +27,7 @@ HOME = "/home/sandbox"
 PACKAGES_DIR = "/opt/omcp/packages"
 WHEELHOUSE_DIR = "/opt/omcp/wheelhouse"
 CA_BUNDLE = "/etc/omcp/ca-bundle.crt"
+_NO_NAME_SERVER = "192.0.2.1"  # TEST-NET-1 (RFC 5737): never routed
 _INSTALL_TARGET = "/opt/omcp/target"
 
 
@@ -87,7 +88,12 @@ def _limits(config: SandboxConfig, runtime: bool = True) -> dict[str, Any]:
 
 
 def sandbox_run_kwargs(
-    config: SandboxConfig, labels: dict[str, str], volume: str
+    config: SandboxConfig,
+    labels: dict[str, str],
+    volume: str,
+    *,
+    network: str | None = None,
+    proxy: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``client.containers.create`` that make one hardened sandbox.
 
@@ -95,12 +101,34 @@ def sandbox_run_kwargs(
         config: the server's settings (image, limits, tmpfs sizes).
         labels: the ownership labels the container carries.
         volume: the sandbox's package volume; the engine creates it, with these labels.
+        network: the sandbox's own internal network, when it was created with
+            allow_hosts (None: no network at all, the default).
+        proxy: the URL of that network's egress filter, given to the code as HTTP(S)_PROXY.
 
     Returns:
         A dict for ``client.containers.create(**kwargs)``.
     """
     from docker.types import Mount
 
+    environment = {
+        "HOME": HOME,
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "MPLBACKEND": "Agg",
+        # Installed packages live in this user base: the runner adds its site dir
+        # (python -I would not), and any python the code starts adds it too.
+        "PYTHONUSERBASE": PACKAGES_DIR,
+    }
+    # No network at all: the container gets its own namespace with loopback only
+    # (and is created about twice as fast as with network_mode="none").
+    networking: dict[str, Any] = {"network_disabled": True}
+    if network is not None:
+        # Its own internal network, whose only way out is its filter; no name server
+        # answers (the filter resolves), so the code goes through the proxy or nowhere.
+        networking = {"network_mode": network, "dns": [_NO_NAME_SERVER]}
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            environment[name] = proxy or ""
     return {
         "image": config.docker_image,
         # PID 1 is our runner (not docker's tini): it reaps zombies, runs every
@@ -126,19 +154,8 @@ def sandbox_run_kwargs(
         # The runner's own directory: root without DAC_OVERRIDE cannot enter WORKDIR.
         "working_dir": "/",
         # An explicit environment: nothing of the server's own leaks in.
-        "environment": {
-            "HOME": HOME,
-            "TMPDIR": "/tmp",
-            "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "MPLBACKEND": "Agg",
-            # Installed packages live in this user base: the runner adds its site dir
-            # (python -I would not), and any python the code starts adds it too.
-            "PYTHONUSERBASE": PACKAGES_DIR,
-        },
-        # No network at all: the container gets its own namespace with loopback only
-        # (and is created about twice as fast as with network_mode="none").
-        "network_disabled": True,
+        "environment": environment,
+        **networking,
         **_limits(config),
         "cap_add": RUNNER_CAPABILITIES,
         **_runtime(config),
@@ -257,8 +274,6 @@ def egress_filter_kwargs(
         "log_config": {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},
     }
 
-
-_NO_NAME_SERVER = "192.0.2.1"  # TEST-NET-1 (RFC 5737): never routed
 
 # What `pip` would meet first: the index's TLS certificate and the network to it.
 _INDEX_PROBE = """

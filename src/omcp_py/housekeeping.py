@@ -145,8 +145,9 @@ class Housekeeper:
             log.warning("could not remove this server's package volumes at exit: %s", exc)
         try:
             await self.workers.control(self.containers.egress.close)
+            await self.workers.control(self.containers.egress.remove_own_networks)
         except Exception as exc:
-            log.warning("could not remove this server's egress network at exit: %s", exc)
+            log.warning("could not remove this server's networks at exit: %s", exc)
         sandboxes = sum(not c.is_helper for c in containers)
         log.info("removed %d sandbox(es) at exit", sandboxes)
         self.containers.engine.close()

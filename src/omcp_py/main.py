@@ -161,6 +161,15 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
                 "notebook (default: each execution starts fresh)."
             ),
         ] = False,
+        allow_hosts: Annotated[
+            list[Annotated[str, Field(max_length=300)]] | None,
+            Field(
+                max_length=50,
+                description="host:port pairs the code may connect to (over HTTP(S) through "
+                "a filtering proxy), each one the server's SANDBOX_ALLOWED_HOSTS offers; "
+                "omit for no network at all.",
+            ),
+        ] = None,
     ) -> CreateSandboxResult:
         """Create an isolated Python sandbox (no network, limited memory and CPU); returns its id.
 
@@ -170,8 +179,10 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
         Args:
             timeout: idle seconds after which the sandbox and its files are removed.
             stateful: executions share one interpreter, so variables survive between them.
+            allow_hosts: hosts the code may reach, e.g. ["api.example.com:443"], only
+                those the server's operator allowed; the result lists them.
         """
-        return await _manager(ctx).create(timeout, stateful, _progress(ctx))
+        return await _manager(ctx).create(timeout, stateful, _progress(ctx), allow_hosts)
 
     @server.tool(
         title="List sandboxes",

@@ -23,6 +23,13 @@ class CreateSandboxResult(BaseModel):
     stateful: bool = Field(
         default=False, description="True: executions share variables, imports and data."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "host:port the code may connect to, through the sandbox's egress filter "
+            "(HTTPS_PROXY and HTTP_PROXY are set for it); empty: no network at all."
+        ),
+    )
 
 
 class SandboxInfo(BaseModel):

@@ -19,6 +19,7 @@ import anyio
 from omcp_py import outcomes
 from omcp_py.config import SandboxConfig
 from omcp_py.containers import Containers
+from omcp_py.egress import sandbox_hosts
 from omcp_py.errors import (
     InvalidArgument,
     OmcpError,
@@ -96,7 +97,11 @@ class SandboxManager:
         return len(self.registry) + len(self.registry.creating) + pool
 
     async def create(
-        self, timeout: int, stateful: bool = False, progress: Progress | None = None
+        self,
+        timeout: int,
+        stateful: bool = False,
+        progress: Progress | None = None,
+        allow_hosts: list[str] | None = None,
     ) -> CreateSandboxResult:
         """Hand over a hardened sandbox: a ready one from the pool, or a new one.
 
@@ -105,6 +110,7 @@ class SandboxManager:
             stateful: its executions share one interpreter (variables survive).
             progress: called from a worker thread about every second while the image
                 is being pulled (its first use on this engine).
+            allow_hosts: host:port pairs of SANDBOX_ALLOWED_HOSTS (a new sandbox, filtered).
 
         Returns:
             The new sandbox's id and timestamps.
@@ -115,9 +121,10 @@ class SandboxManager:
             ImageUnavailable: the image is not on the engine and could not be pulled.
             DockerUnavailable: the engine cannot be reached.
         """
+        allow = tuple(sandbox_hosts(allow_hosts or [], self.config))
         if self.registry.full():
             await self.housekeeper.reconcile()  # removed behind our back: slots free
-        sandbox = await self._hand_over(progress)
+        sandbox = await self._hand_over(progress, allow)
         sandbox.created = sandbox.last_used = time.time()
         sandbox.timeout = timeout
         sandbox.stateful = stateful
@@ -130,17 +137,18 @@ class SandboxManager:
             last_used=utc_iso(sandbox.last_used),
             timeout=sandbox.timeout,
             stateful=sandbox.stateful,
+            allowed_hosts=list(allow),
         )
 
-    async def _hand_over(self, progress: Progress | None) -> Sandbox:
-        """A running sandbox from the pool, or a new one, within MAX_SANDBOXES."""
+    async def _hand_over(self, progress: Progress | None, allow: tuple[str, ...]) -> Sandbox:
+        """A sandbox from the pool (none has a network) or a new one, within MAX_SANDBOXES."""
         while True:
             if self.registry.full():
                 raise SandboxLimitReached(
                     f"Maximum number of sandboxes reached ({self.config.max_sandboxes}): remove "
                     f"one with remove_sandbox (list_sandboxes shows them), or raise MAX_SANDBOXES."
                 )
-            sandbox = self.pool.take()
+            sandbox = None if allow else self.pool.take()
             if sandbox is not None:
                 # Removed behind our back (docker rm, a prune, an engine restart) since it
                 # was made: dropped, and another one taken or made. Counted as being
@@ -162,7 +170,9 @@ class SandboxManager:
                 continue
             sandbox_id = new_id()
             with self.registry.reserving(sandbox_id):  # no await since the checks
-                return await self.workers.control(self.containers.create, sandbox_id, progress)
+                return await self.workers.control(
+                    self.containers.create, sandbox_id, progress, allow
+                )
 
     async def list(self, include_inactive: bool = False) -> ListSandboxesResult:
         """This server's sandboxes as the engine has them, oldest first; those idle past

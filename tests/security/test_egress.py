@@ -13,6 +13,7 @@ import functools
 import http.server
 import io
 import json
+import os
 import socket
 import tarfile
 import threading
@@ -312,3 +313,82 @@ def _wheel() -> bytes:
         for path, text in files.items():
             archive.writestr(path, text)
     return buffer.getvalue()
+
+
+SANDBOX_REACH = r"""
+import json, os, socket, urllib.request
+allowed, canary = ALLOWED, CANARY
+found = {"interfaces": sorted(os.listdir("/sys/class/net")), "proxy": os.environ.get("HTTPS_PROXY")}
+try:
+    answer = urllib.request.urlopen("http://%s/hello.txt" % allowed, timeout=20)
+    found["allowed"] = answer.read().decode()
+except Exception as exc:
+    found["allowed"] = "failed: %s" % exc
+for name, url in (("canary via proxy", "http://%s/" % canary),
+                  ("metadata via proxy", "http://169.254.169.254/latest/meta-data/")):
+    try:
+        urllib.request.urlopen(url, timeout=20)
+        found[name] = "reached"
+    except urllib.error.HTTPError as exc:
+        found[name] = "HTTP %d" % exc.code
+    except Exception as exc:
+        found[name] = "failed: %s" % exc
+for name, (host, port) in (("allowed direct", allowed.rsplit(":", 1)),
+                           ("canary direct", canary.rsplit(":", 1)),
+                           ("metadata direct", ("169.254.169.254", "80"))):
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        found[name] = "connected"
+    except OSError as exc:
+        found[name] = "failed: %s" % (exc.strerror or exc)
+try:
+    socket.getaddrinfo("example.org", 443)
+    found["dns"] = "resolved"
+except OSError as exc:
+    found["dns"] = "failed"
+print(json.dumps(found))
+"""
+
+
+async def test_a_sandbox_reaches_its_allowed_host_and_nothing_else(
+    tmp_path: Path, docker_client: docker.DockerClient, canary: _Canary
+) -> None:
+    gateway = host_address(docker_client.networks.get("bridge").attrs)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "hello.txt").write_text("hello from the allowed host")
+    site = _serve(tmp_path / "site")
+    allowed = f"{gateway}:{site.server_address[1]}"
+    env = {"SANDBOX_ALLOWED_HOSTS": f"{allowed}, api.example.org:443"}
+    gvisor = os.environ.get("SANDBOX_RUNTIME") == "runsc"
+    try:
+        async with start_server(env, cwd=tmp_path) as server:
+            refused = await server.error("create_sandbox", {"allow_hosts": ["evil.example:443"]})
+            assert "'evil.example:443' not allowed" in refused, refused
+            assert f"SANDBOX_ALLOWED_HOSTS offers {allowed}, api.example.org:443" in refused
+            if gvisor:
+                message = await server.error("create_sandbox", {"allow_hosts": [allowed]})
+                assert "SANDBOX_RUNTIME=runsc" in message, message
+                return
+            created = await server.call("create_sandbox", {"allow_hosts": [allowed.upper()]})
+            assert created["allowed_hosts"] == [allowed], created
+            plain = await server.create()
+            code = SANDBOX_REACH.replace("ALLOWED", repr(allowed)).replace(
+                "CANARY", repr(f"{gateway}:{canary.port}")
+            )
+            reach = await server.run(created["sandbox_id"], code)
+            alone = await server.run(
+                plain, "import os; print(sorted(os.listdir('/sys/class/net')))"
+            )
+            pid = server.pid
+    finally:
+        site.shutdown()
+    seen = json.loads(reach["output"])
+    print(json.dumps(seen, indent=1))  # the note quotes these
+    assert seen["allowed"] == "hello from the allowed host", seen
+    assert seen["canary via proxy"] == "HTTP 403" and seen["metadata via proxy"] == "HTTP 403"
+    for name in ("allowed direct", "canary direct", "metadata direct", "dns"):
+        assert seen[name].startswith("failed"), (name, seen[name])
+    assert alone["output"] == "['lo']\n"  # every other sandbox: no interface but loopback
+    assert canary.seen == []
+    mine = {"label": f"omcp_py.owner-pid={pid}"}
+    assert docker_client.networks.list(filters=mine) == []
