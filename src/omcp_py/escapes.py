@@ -32,6 +32,37 @@ def _runc_vulnerable(version: tuple[int, int, int, str]) -> bool:
     return False
 
 
+def _containerd_vulnerable(version: tuple[int, int, int, str]) -> bool:
+    # CVE-2024-40635: fixed in 1.6.38, 1.7.27 and 2.0.4; 2.1 and later have it.
+    major, minor, patch, _ = version
+    fixed = {(1, 6): 38, (1, 7): 27, (2, 0): 4}
+    if (major, minor) in fixed:
+        return patch < fixed[(major, minor)]
+    return (major, minor) < (1, 6)
+
+
+def _component_warning(name: str, text: str) -> str | None:
+    version = _version(text)
+    if version is None:
+        return None
+    if name == "runc" and _runc_vulnerable(version):
+        return (
+            f"runc {text} is older than the fixes for {_RUNC_CVES} (container escapes "
+            f"through mount races on /dev/null and /proc; fixed in runc 1.2.8, 1.3.3 "
+            f"and 1.4.0-rc.3): update the engine's runc, unless your distribution "
+            f"backported the fixes into this build (its changelog says)."
+        )
+    if name == "containerd" and _containerd_vulnerable(version):
+        return (
+            f"containerd {text} is older than the fix for CVE-2024-40635 (a container "
+            f"whose user is a UID:GID above 2^31 runs as root; omcp_py sets its own "
+            f"users, so an image's user cannot trigger it here; fixed in containerd 1.6.38, "
+            f"1.7.27 and 2.0.4): update the engine's containerd, unless your distribution "
+            f"backported the fix (its changelog says)."
+        )
+    return None
+
+
 def warnings(answer: Any) -> list[str]:
     """What the components of this engine are known to let a container escape by,
     each with its fix. ``answer`` is the engine's ``docker version`` (``/version``);
@@ -41,17 +72,12 @@ def warnings(answer: Any) -> list[str]:
         return found
     components = answer.get("Components")
     for component in components if isinstance(components, list) else []:
-        if not isinstance(component, dict) or str(component.get("Name", "")).lower() != "runc":
+        if not isinstance(component, dict):
             continue
-        text = str(component.get("Version") or "")
-        version = _version(text)
-        if version is not None and _runc_vulnerable(version):
-            found.append(
-                f"runc {text} is older than the fixes for {_RUNC_CVES} (container escapes "
-                f"through mount races on /dev/null and /proc; fixed in runc 1.2.8, 1.3.3 "
-                f"and 1.4.0-rc.3): update the engine's runc, unless your distribution "
-                f"backported the fixes into this build (its changelog says)."
-            )
+        name = str(component.get("Name", "")).lower()
+        warning = _component_warning(name, str(component.get("Version") or ""))
+        if warning:
+            found.append(warning)
     platform = answer.get("Platform")
     name = str(platform.get("Name") or "") if isinstance(platform, dict) else ""
     match = re.search(r"Docker Desktop (\d+\.\d+(?:\.\d+)?)", name)

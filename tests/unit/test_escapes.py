@@ -69,3 +69,24 @@ def test_docker_desktop_before_4_44_3_is_named(platform: str, warned: bool) -> N
 )
 def test_answers_without_the_fields_say_nothing(answer) -> None:
     assert warnings(answer) == []
+
+
+@pytest.mark.parametrize(
+    ("version", "warned"),
+    [
+        ("1.6.20~ds1", True),  # Debian 12's, as this machine's engine reports it
+        ("1.6.38", False),
+        ("1.7.26", True),
+        ("v1.7.27", False),
+        ("2.0.3", True),
+        ("2.0.4", False),
+        ("2.1.0", False),
+        ("1.5.13", True),
+        ("garbage", False),
+    ],
+)
+def test_containerd_before_the_user_id_fix_is_named(version: str, warned: bool) -> None:
+    said = warnings({"Components": [{"Name": "containerd", "Version": version}]})
+    assert bool(said) == warned, said
+    if warned:
+        assert f"containerd {version}" in said[0] and "CVE-2024-40635" in said[0]
