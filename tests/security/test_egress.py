@@ -224,6 +224,7 @@ async def test_package_code_reaches_nothing_but_the_index(
             shown = await server.run(sid, "import omcp_egress; print(omcp_egress.RESULT)")
             seen = json.loads(shown["output"])
             pid = server.pid
+            inside = _filter_seen_from_inside(docker_client, pid)
     finally:
         httpd.shutdown()
     # The filter and its network went with the server.
@@ -231,6 +232,10 @@ async def test_package_code_reaches_nothing_but_the_index(
     assert docker_client.networks.list(filters=mine) == []
     assert docker_client.containers.list(all=True, filters=mine) == []
     print(json.dumps(seen, indent=1))  # the note quotes these
+    # The filter itself, seen from inside: uid 1000, no capability, read-only root.
+    assert inside["uid"] == 1000 and inside["NoNewPrivs"] == "1", inside
+    assert int(inside["CapEff"], 16) == 0 and int(inside["CapBnd"], 16) == 0, inside
+    assert inside["wrote /x"] == "Read-only file system", inside
     assert seen["proxy_url"], "the probe found no filter on pip's command line"
     for target, outcome in seen["direct"].items():
         assert outcome.startswith("failed"), (target, outcome)
@@ -240,6 +245,30 @@ async def test_package_code_reaches_nothing_but_the_index(
             status,
         )
     assert canary.seen == []
+
+
+_SELF = (
+    "import json, os\n"
+    "found = {'uid': os.getuid()}\n"
+    "for line in open('/proc/self/status'):\n"
+    "    key, _, value = line.partition(':')\n"
+    "    if key in ('CapEff', 'CapBnd', 'NoNewPrivs'):\n"
+    "        found[key] = value.strip()\n"
+    "try:\n"
+    "    open('/x', 'w')\n"
+    "    found['wrote /x'] = True\n"
+    "except OSError as exc:\n"
+    "    found['wrote /x'] = exc.strerror\n"
+    "print(json.dumps(found))\n"
+)
+
+
+def _filter_seen_from_inside(client: docker.DockerClient, pid: int) -> dict:
+    labels = ["omcp_py.role=egress", f"omcp_py.owner-pid={pid}"]
+    (container,) = client.containers.list(filters={"label": labels})
+    code, output = container.exec_run(["python3", "-c", _SELF])
+    assert code == 0, output
+    return json.loads(output)
 
 
 def _serve(root: Path) -> http.server.ThreadingHTTPServer:
