@@ -8,7 +8,14 @@ import os
 import re
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from omcp_py.errors import ConfigError
@@ -52,6 +59,54 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 
 def _split_urls(value: str) -> list[str]:
     return [url for url in re.split(r"[\s,]+", value) if url]
+
+
+def _http_url(value: str) -> None:
+    if not re.match(r"^https?://[^\s]+$", value):
+        raise ValueError("must be an http:// or https:// URL")
+
+
+def _proxy_url(value: str) -> None:
+    # The egress filter speaks plain HTTP to the proxy it chains to (CONNECT inside).
+    if not re.match(r"^http://[^\s/]+/?$", value):
+        raise ValueError("must be http://host:port (with user:pass@ if it needs them)")
+
+
+def _host_ports(value: str) -> None:
+    for entry in _split_urls(value):
+        if not re.match(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$", entry):
+            raise ValueError(f"{entry!r} is not host:port")
+
+
+def _http_urls(value: str) -> None:
+    for url in _split_urls(value):
+        if not re.match(r"^https?://\S+$", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+
+
+def _absolute_dirs(value: str) -> None:
+    for entry in value.split(":"):
+        if entry and not entry.startswith("/"):
+            raise ValueError(f"{entry!r} is not an absolute path")
+
+
+def _absolute(value: str) -> None:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path on the Docker host")
+
+
+# The string settings with a form, and their checks.
+_CHECKS = {
+    "package_index_url": _http_url,
+    "package_proxy": _proxy_url,
+    "package_allowed_hosts": _host_ports,
+    "sandbox_allowed_hosts": _host_ports,
+    "package_extra_index_urls": _http_urls,
+    "host_input_dirs": _absolute_dirs,
+    "package_ca_bundle": _absolute,
+    "package_wheelhouse": _absolute,
+    "host_output_dir": _absolute,
+}
 
 
 class SandboxConfig(BaseSettings):
@@ -227,6 +282,21 @@ class SandboxConfig(BaseSettings):
             "ever has a network."
         ),
     )
+    host_input_dirs: str | None = Field(
+        None,
+        description=(
+            "Directories of this machine (absolute, separated by ':') whose files "
+            "import_host_file may copy into a sandbox; unset: no host file is ever read and "
+            "the tool is not offered."
+        ),
+    )
+    host_output_dir: str | None = Field(
+        None,
+        description=(
+            "Directory of this machine (absolute) export_file writes sandbox files into, "
+            "never overwriting; unset: nothing is ever written and the tool is not offered."
+        ),
+    )
     packages_disk_limit: Size = Field(
         "2g",
         ge=16 * 1024**2,
@@ -250,48 +320,23 @@ class SandboxConfig(BaseSettings):
         ),
     )
 
-    @field_validator("package_index_url")
+    @field_validator(*_CHECKS)
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s]+$", value):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("package_proxy")
-    @classmethod
-    def _proxy_url(cls, value: str | None) -> str | None:
-        # The egress filter speaks plain HTTP to the proxy it chains to (CONNECT inside).
-        if value is not None and not re.match(r"^http://[^\s/]+/?$", value):
-            raise ValueError("must be http://host:port (with user:pass@ if it needs them)")
-        return value
-
-    @field_validator("package_allowed_hosts", "sandbox_allowed_hosts")
-    @classmethod
-    def _host_ports(cls, value: str | None) -> str | None:
-        for entry in _split_urls(value or ""):
-            if not re.match(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$", entry):
-                raise ValueError(f"{entry!r} is not host:port")
-        return value
-
-    @field_validator("package_extra_index_urls")
-    @classmethod
-    def _http_urls(cls, value: str | None) -> str | None:
-        for url in _split_urls(value or ""):
-            if not re.match(r"^https?://\S+$", url):
-                raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        return value
-
-    @field_validator("package_ca_bundle", "package_wheelhouse")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError("must be an absolute path on the Docker host")
+    def _checked(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            _CHECKS[info.field_name](value)
         return value
 
     @property
     def allowed_package_hosts(self) -> list[str]:
         """PACKAGE_ALLOWED_HOSTS as a list of host:port (host in lower case)."""
         return [entry.lower() for entry in _split_urls(self.package_allowed_hosts or "")]
+
+    @property
+    def host_input_dirs_list(self) -> list[str]:
+        """HOST_INPUT_DIRS as a list, each without a trailing '/'."""
+        dirs = [entry for entry in (self.host_input_dirs or "").split(":") if entry]
+        return [entry.rstrip("/") or "/" for entry in dirs]
 
     @property
     def allowed_sandbox_hosts(self) -> list[str]:

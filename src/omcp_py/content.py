@@ -21,6 +21,7 @@ from mcp.types import (
     ContentBlock,
     EmbeddedResource,
     ImageContent,
+    ResourceLink,
     TextContent,
 )
 from pydantic import BaseModel
@@ -29,7 +30,7 @@ from pydantic_core import to_json
 from omcp_py.config import format_size
 from omcp_py.errors import FileRefused
 from omcp_py.files import Download
-from omcp_py.models import DownloadResult, ExecutionResult
+from omcp_py.models import DownloadResult, ExecutionResult, ExportResult
 from omcp_py.sandboxes import Execution
 
 # The label lines of the output blocks; a reader splits a block at its first newline.
@@ -41,6 +42,7 @@ ENVELOPE = 1024
 SUMMARIES: dict[str, tuple[type[BaseModel], set[str]]] = {
     "execute_python_code": (ExecutionResult, {"output", "error"}),
     "download_file": (DownloadResult, {"text"}),
+    "export_file": (ExportResult, set()),
 }
 
 
@@ -193,3 +195,19 @@ def _download_blocks(result: DownloadResult, data: bytes) -> CallToolResult:
         )
         block = EmbeddedResource(type="resource", resource=resource)
     return CallToolResult(content=[summary, block])
+
+
+def export(result: ExportResult) -> CallToolResult:
+    """A file written to the user's machine: the summary, and a link to it (no bytes)."""
+    link = ResourceLink(
+        type="resource_link",
+        name=result.host_path.rsplit("/", 1)[-1],
+        uri=result.uri,
+        mime_type=result.mime_type,
+        size=result.size,
+    )
+    return CallToolResult(
+        content=[_summary(result, set()), link],
+        # Small and without media: a client that keeps only this still has the path.
+        structured_content=result.model_dump(),
+    )

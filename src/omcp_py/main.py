@@ -30,6 +30,7 @@ from omcp_py.errors import ConfigError, OmcpError
 from omcp_py.files import MAX_PATH
 from omcp_py.models import (
     CreateSandboxResult,
+    ImportResult,
     InstallResult,
     ListFilesResult,
     ListSandboxesResult,
@@ -352,6 +353,67 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
         """
         got = await _manager(ctx).files.download(sandbox_id, path)
         return content.download(got, limit=config.max_result_size)
+
+    if config.host_input_dirs_list:
+
+        @server.tool(
+            title="Copy a file of the user's machine into a sandbox",
+            annotations=_hints(idempotent=True),
+        )
+        @tool_errors
+        async def import_host_file(
+            ctx: ToolContext,
+            sandbox_id: SandboxId,
+            host_path: Annotated[
+                str,
+                Field(
+                    description="The file on the user's machine: absolute under one of "
+                    f"{', '.join(config.host_input_dirs_list)}, or relative to the only one.",
+                    max_length=MAX_PATH,
+                ),
+            ],
+            path: FilePath,
+        ) -> ImportResult:
+            """Copy a file from the user's machine into a sandbox, without its bytes passing
+            through the conversation. Only files under the directories the user allowed
+            (HOST_INPUT_DIRS) can be read; a file of that name in the sandbox is replaced.
+
+            Args:
+                sandbox_id: the sandbox.
+                host_path: e.g. '/home/me/data/sales.csv'.
+                path: where it goes, e.g. 'sales.csv' (that is /sandbox/sales.csv).
+            """
+            return await _manager(ctx).files.import_host(sandbox_id, host_path, path)
+
+    if config.host_output_dir:
+
+        @server.tool(
+            title="Save a sandbox file on the user's machine",
+            annotations=_hints(),
+        )
+        @tool_errors
+        async def export_file(
+            ctx: ToolContext,
+            sandbox_id: SandboxId,
+            path: FilePath,
+            name: Annotated[
+                str | None,
+                Field(
+                    description="File name to save it under (default: its own); an existing "
+                    "file is never replaced: the new one gets a numbered name.",
+                    max_length=255,
+                ),
+            ] = None,
+        ) -> CallToolResult:
+            """Save a sandbox file in the user's output directory (HOST_OUTPUT_DIR) and
+            return a link to it, not its bytes: for results the user should keep.
+
+            Args:
+                sandbox_id: the sandbox.
+                path: e.g. 'report.pdf' (that is /sandbox/report.pdf).
+                name: the file name on the user's machine.
+            """
+            return content.export(await _manager(ctx).files.export(sandbox_id, path, name))
 
     @server.tool(
         title="List the files of a sandbox",

@@ -131,6 +131,24 @@ class UploadResult(BaseModel):
     sha256: str = Field(description="SHA-256 of the content written, in hex.")
 
 
+class ImportResult(UploadResult):
+    """A file of the user's machine copied into a sandbox."""
+
+    host_path: str = Field(description="The file it was copied from, on the user's machine.")
+
+
+class ExportResult(BaseModel):
+    """A sandbox file copied to the user's machine (HOST_OUTPUT_DIR)."""
+
+    success: bool = Field(description="True: the whole file is there.")
+    path: str = Field(description="Its absolute path in the sandbox.")
+    host_path: str = Field(description="Where it was written on the user's machine.")
+    uri: str = Field(description="The same as a file:// URI.")
+    size: int = Field(description="Its size in bytes.")
+    sha256: str = Field(description="SHA-256 of the content, in hex.")
+    mime_type: str = Field(description="Its type, from its first bytes and its name.")
+
+
 class DownloadResult(BaseModel):
     """A file read from a sandbox; the text, image or bytes follow as a content block."""
 

@@ -4,11 +4,11 @@ file helper (``runner/pid1/files.py``)."""
 
 from typing import Any
 
-from omcp_py import files, outcomes
+from omcp_py import files, host_files, outcomes
 from omcp_py.config import SandboxConfig
 from omcp_py.containers import Containers
 from omcp_py.errors import OmcpError
-from omcp_py.models import ListFilesResult, UploadResult
+from omcp_py.models import ExportResult, ImportResult, ListFilesResult, UploadResult
 from omcp_py.sandboxes import Registry, Sandbox, busy
 from omcp_py.workers import Workers
 
@@ -80,6 +80,54 @@ class SandboxFiles:
         }
         answer, data = await self._file(sandbox, request)
         return files.download(answer, data)
+
+    async def import_host(self, sandbox_id: str, host_path: str, path: str) -> ImportResult:
+        """Copy a file of an input directory (HOST_INPUT_DIRS) into a sandbox.
+
+        Raises:
+            SandboxNotFound: no such sandbox.
+            FileRefused: the host path leaves the input directories, goes through a link,
+                is missing or not a regular file, or is over MAX_UPLOAD_SIZE; or the
+                sandbox path is refused.
+        """
+        sandbox = self.registry.get(sandbox_id)
+        path = files.check_path(path)
+        got = await self.workers.control(
+            host_files.read_input, self.config, host_path, self.config.max_upload_size
+        )
+        answer, _ = await self._file(sandbox, {"op": "put", "path": path, "max": 0}, got.data)
+        done = files.upload_result(answer, got.data)
+        return ImportResult(**done.model_dump(), host_path=got.path)
+
+    async def export(self, sandbox_id: str, path: str, name: str | None) -> ExportResult:
+        """Copy a sandbox file into HOST_OUTPUT_DIR under a new name (never overwriting).
+
+        Raises:
+            SandboxNotFound: no such sandbox.
+            FileRefused: the sandbox path is refused or over MAX_DOWNLOAD_SIZE; the name
+                is not a plain file name; the directory cannot be written.
+        """
+        sandbox = self.registry.get(sandbox_id)
+        request = {
+            "op": "get",
+            "path": files.check_path(path),
+            "max": self.config.max_download_size,
+        }
+        if name is not None:
+            host_files.check_output_name(name)
+        answer, data = await self._file(sandbox, request)
+        got = files.download(answer, data)
+        target = name or got.result.path.rsplit("/", 1)[-1]
+        written = await self.workers.control(host_files.write_output, self.config, target, data)
+        return ExportResult(
+            success=True,
+            path=got.result.path,
+            host_path=str(written),
+            uri=written.as_uri(),
+            size=got.result.size,
+            sha256=got.result.sha256,
+            mime_type=got.result.mime_type,
+        )
 
     async def list(self, sandbox_id: str, path: str = "/sandbox") -> ListFilesResult:
         """List a directory of a sandbox, all the way down (links are shown, not followed).
