@@ -3,6 +3,7 @@ launch, and an image that is not there yet (pulled with progress, or a clear err
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -54,11 +55,22 @@ def doctor(env: dict[str, str] | None = None, cwd: Path | None = None):
     return proc
 
 
+def client_json(output: str, header: str) -> dict:
+    """The JSON block doctor prints after the line starting with ``header``."""
+    at = output.index("\n" + header)
+    start = output.index("\n{\n", at) + 1
+    return json.JSONDecoder().raw_decode(output[start:])[0]
+
+
 def claude_config(output: str) -> dict:
-    """The JSON doctor prints last, as a user would copy it."""
-    start = output.index("\n{\n") + 1
-    end = output.rindex("\n}\n") + 2
-    return json.loads(output[start:end])["mcpServers"]["omcp_py"]
+    """Claude Desktop's entry, as a user would copy it."""
+    return client_json(output, "Claude Desktop:")["mcpServers"]["omcp_py"]
+
+
+def claude_code_line(output: str) -> list[str]:
+    """The `claude mcp add` line doctor prints, split as a shell would."""
+    lines = output.splitlines()
+    return shlex.split(lines[lines.index("Claude Code: run") + 1])
 
 
 def _bare_env(extra: dict[str, str]) -> dict[str, str]:
@@ -80,6 +92,22 @@ async def test_doctor_passes_and_its_config_starts_the_server(docker_client) -> 
     assert "ran print(1) and was removed" in proc.stdout
     entry = claude_config(proc.stdout)
     assert Path(entry["command"]).is_absolute() and Path(entry["command"]).exists()
+    # The other clients get the same command, arguments and environment.
+    env = entry.get("env", {})
+    line = claude_code_line(proc.stdout)
+    head = ["claude", "mcp", "add", "omcp_py", "--scope", "user", "--transport", "stdio"]
+    assert line[:8] == head
+    dash = line.index("--")
+    assert line[dash + 1 :] == [entry["command"], *entry["args"]]
+    assert all(line[i] == "--env" for i in range(8, dash, 2))
+    pairs = [line[i + 1] for i in range(8, dash, 2)]
+    assert dict(pair.split("=", 1) for pair in pairs) == env
+    vscode = client_json(proc.stdout, "VS Code:")["servers"]["omcp_py"]
+    assert vscode == {"type": "stdio", "command": entry["command"], "args": entry["args"]} | (
+        {"env": env} if env else {}
+    )
+    cursor = client_json(proc.stdout, "Cursor:")["mcpServers"]["omcp_py"]
+    assert cursor == entry
     # Exactly what a user pastes, started as Claude Desktop starts it.
     params = StdioServerParameters(
         command=entry["command"],

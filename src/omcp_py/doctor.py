@@ -8,6 +8,7 @@ the image is missing, a proxy breaks TLS. Each check says which, and what to do.
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -309,6 +310,8 @@ class Doctor:
             self.out(f"  ({system}: {path})")
         self.out("then quit and reopen Claude Desktop:")
         self.out(json.dumps({"mcpServers": {"omcp_py": entry}}, indent=2))
+        for line in other_clients(command, args, entry.get("env", {})):
+            self.out(line)
 
     def client_env(self) -> dict[str, str]:
         """What the client must pass: it starts the server with a bare environment in
@@ -323,6 +326,32 @@ class Doctor:
         if self.config is not None:
             env.update(_changed_settings(self.config))
         return env
+
+
+def other_clients(command: str, args: list[str], env: dict[str, str]) -> list[str]:
+    """The same server for Claude Code (a command line), VS Code and Cursor (JSON)."""
+    # The name before the options: --env takes several values, and would take the
+    # name for one of them if it came after.
+    claude = ["claude", "mcp", "add", "omcp_py", "--scope", "user", "--transport", "stdio"]
+    for name, value in env.items():
+        claude += ["--env", f"{name}={value}"]
+    claude += ["--", command, *args]
+    vscode = {"servers": {"omcp_py": {"type": "stdio", "command": command, "args": args}}}
+    cursor = {"mcpServers": {"omcp_py": {"command": command, "args": args}}}
+    if env:
+        vscode["servers"]["omcp_py"]["env"] = env
+        cursor["mcpServers"]["omcp_py"]["env"] = env
+    return [
+        "",
+        "Claude Code: run",
+        shlex.join(claude),
+        "",
+        "VS Code: add this to .vscode/mcp.json in a workspace (or to your user mcp.json):",
+        json.dumps(vscode, indent=2),
+        "",
+        "Cursor: add this to ~/.cursor/mcp.json (or .cursor/mcp.json in a project):",
+        json.dumps(cursor, indent=2),
+    ]
 
 
 def run_doctor(out: Callable[[str], None] = print) -> int:
