@@ -129,21 +129,47 @@ def server_params(
 
 @asynccontextmanager
 async def start_server(
-    env: dict[str, str] | None = None, cwd: Path | None = None, errlog: Any = None
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    errlog: Any = None,
+    handshake: str = "initialize",
+    tap: list[Any] | None = None,
 ) -> AsyncIterator[Server]:
-    """Start ``python -m omcp_py`` over stdio and initialize a session."""
+    """Start ``python -m omcp_py`` over stdio and open a session: the 2025-era
+    ``initialize`` handshake, or the 2026-07-28 ``server/discover`` (no session). With
+    ``tap``, every message from the server is also appended to it."""
     params, marker = server_params(env, cwd)
     async with (
         stdio_client(params, errlog=errlog or sys.stderr) as (read, write),
+        _tapped(read, tap) as read,
         ClientSession(read, write, read_timeout_seconds=300) as session,
     ):
-        await session.initialize()
+        await getattr(session, handshake)()
         server = Server(session, marker)
         try:
             yield server
         finally:
             with contextlib.suppress(LookupError, OSError, AssertionError):
                 SERVER_PEAKS_MB.append(peak_rss_mb(server.pid))  # while it still runs
+
+
+@asynccontextmanager
+async def _tapped(read: Any, tap: list[Any] | None) -> AsyncIterator[Any]:
+    if tap is None:
+        yield read
+        return
+    send, received = anyio.create_memory_object_stream(100)
+
+    async def pump() -> None:
+        async with send:
+            async for message in read:
+                tap.append(message)
+                await send.send(message)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump)
+        yield received
+        tg.cancel_scope.cancel()
 
 
 class Held:
