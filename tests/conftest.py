@@ -552,9 +552,10 @@ TOOLS = {
 }
 
 
-async def serve_and_use(params: StdioServerParameters) -> set[str]:
+async def serve_and_use(params: StdioServerParameters, handshake_seconds: float = 10) -> set[str]:
     """Start a server however a user would (the params), as an MCP client does: it must
-    answer initialize and tools/list within 10 s, then run print(1) in a new sandbox.
+    answer initialize and tools/list within ``handshake_seconds``, then run print(1) in a
+    new sandbox.
 
     Returns:
         The names of the tools it listed.
@@ -563,7 +564,7 @@ async def serve_and_use(params: StdioServerParameters) -> set[str]:
         stdio_client(params) as (read, write),
         ClientSession(read, write, read_timeout_seconds=120) as session,
     ):
-        with anyio.fail_after(10):
+        with anyio.fail_after(handshake_seconds):
             await session.initialize()
             tools = {t.name for t in (await session.list_tools()).tools}
         created = await session.call_tool("create_sandbox", {})

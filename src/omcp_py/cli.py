@@ -55,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="CA certificate (PEM) pip trusts during the build, for TLS-intercepting proxies",
     )
+    bundle = commands.add_parser(
+        "bundle",
+        help="pack an MCP Bundle (.mcpb) for one-click install in Claude Desktop",
+        description="From a checkout of omcp_py: write the bundle's manifest and pack it with "
+        "the official MCP Bundle CLI (npx @anthropic-ai/mcpb; needs Node.js).",
+    )
+    bundle.add_argument(
+        "--out", type=Path, default=Path("dist/omcp_py.mcpb"), help="default: %(default)s"
+    )
+    bundle.add_argument(
+        "--checkout", type=Path, default=Path("."), help="the repository (default: here)"
+    )
     return parser
 
 
@@ -73,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         from omcp_py.doctor import run_doctor
 
         raise SystemExit(_to_terminal(run_doctor))
+    elif args.command == "bundle":
+        from omcp_py.bundle import build
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        raise SystemExit(_to_terminal(build, args.checkout, args.out))
     elif args.command == "image":
         raise SystemExit(_to_terminal(_build_image, args.tag, args.base_image, args.ca_cert))
 
