@@ -37,7 +37,7 @@ def test_every_isolation_option_is_set() -> None:
     # PID 1 keeps four capabilities to run the code as user 1000 with none.
     assert kwargs["user"] == "0:0"
     assert sorted(kwargs["cap_add"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
-    assert kwargs["command"][4:] == ["1000:1000", "/sandbox", "0"]
+    assert kwargs["command"][4:] == ["1000:1000", "/sandbox", "0", ""]
     assert "runtime" not in kwargs
     assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 256 * 2**20
     assert kwargs["nano_cpus"] == 500_000_000
@@ -112,7 +112,7 @@ def test_gvisor_gets_room_for_its_kernel_and_limits_the_code_inside() -> None:
     # The container holds gVisor's kernel too; the code's limits are applied inside.
     assert kwargs["mem_limit"] == kwargs["memswap_limit"] == (512 + 128) * 2**20
     assert kwargs["pids_limit"] == 128 * 8 + 128
-    assert kwargs["command"][-1] == "128"  # RLIMIT_NPROC of the code's user
+    assert kwargs["command"][-2] == "128"  # RLIMIT_NPROC of the code's user
     assert memory_guard(config) == 512 * 2**20 and memory_guard(SandboxConfig()) == 0
     # A networked installer stays on the default runtime, with the plain limits.
     installer = installer_run_kwargs(config, {}, "vol", ["--", "six"], network="n")

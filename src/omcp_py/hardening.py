@@ -141,6 +141,7 @@ def sandbox_run_kwargs(
             SANDBOX_USER,
             WORKDIR,
             str(config.sandbox_pids_limit if own_kernel(config) else 0),
+            ",".join(config.preload_modules),
         ),
         "stdin_open": True,
         # Without it docker-py sets StdinOnce (like `docker run -i`): the engine would

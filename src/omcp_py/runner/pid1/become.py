@@ -25,6 +25,7 @@ class CODE:
     gid = CODE_GID
     dir = "/sandbox"
     nproc = 0  # processes the code's user may have (0: the host's pids limit does it)
+    preload = ()  # modules a warm child imports before it waits (SANDBOX_PRELOAD)
 
 
 def status_fields():

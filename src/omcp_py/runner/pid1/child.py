@@ -10,7 +10,7 @@ import sys
 import traceback
 import types
 
-from omcp_py.runner.pid1.become import become_code_process
+from omcp_py.runner.pid1.become import CODE, become_code_process
 from omcp_py.runner.pid1.figures import SHOWN, encode_figures, take_figures
 from omcp_py.runner.pid1.procs import set_name, write_all
 from omcp_py.runner.pid1.protocol import READ_CHUNK
@@ -34,6 +34,47 @@ def add_user_site():
             break
     sys.path.insert(index, user_site)
     site.addsitedir(user_site)  # its .pth files
+
+
+def packages_stamp():
+    """What changes when an install adds, replaces or removes a distribution: the
+    user site directory's identity and modification time (None: none yet)."""
+    if not os.environ.get("PYTHONUSERBASE"):
+        return None
+    import site
+
+    try:
+        found = os.stat(site.getusersitepackages())
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns
+
+
+def preload(names):
+    """Import the modules the image has among ``names``, quietly: what they print
+    would otherwise be the next run's output. One that fails is left out."""
+    import importlib
+    import importlib.util
+
+    if not names:
+        return
+    saved = os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    try:
+        for name in names:
+            try:
+                if importlib.util.find_spec(name.split(".")[0]) is not None:
+                    importlib.import_module(name)
+            except BaseException:
+                pass
+    finally:
+        flush_stdio()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 def run_code(main, code, filename):
@@ -128,6 +169,7 @@ def child_main(ctl_r, status_w, out_w, err_w):
     warm.__dict__.clear()
     flush_stdio()
     json.dumps({"exit_code": 0})
+    preload(CODE.preload)
 
     counter = 0
     while True:

@@ -6,7 +6,14 @@ import os
 import signal
 import time
 
-from omcp_py.runner.pid1.child import CHILD_MESSAGE, ONCE, REAP, STAY, child_main
+from omcp_py.runner.pid1.child import (
+    CHILD_MESSAGE,
+    ONCE,
+    REAP,
+    STAY,
+    child_main,
+    packages_stamp,
+)
 from omcp_py.runner.pid1.figures import FIGURE_REASONS, MAX_FIGURES, checked_image
 from omcp_py.runner.pid1.procs import (
     Capture,
@@ -38,6 +45,9 @@ class Child:
     """A forked, ready interpreter, seen from PID 1: its pipes and pid."""
 
     def __init__(self):
+        # Taken before the fork: packages installed after it make this child stale
+        # when it preloads modules (loop.take_spare).
+        self.stamp = packages_stamp()
         ctl_r, self.ctl_w = os.pipe()
         self.status_r, status_w = os.pipe()
         self.out_r, out_w = os.pipe()

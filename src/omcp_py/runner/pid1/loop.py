@@ -10,6 +10,7 @@ import time
 import traceback
 
 from omcp_py.runner.pid1.become import CODE
+from omcp_py.runner.pid1.child import packages_stamp
 from omcp_py.runner.pid1.files import file_request
 from omcp_py.runner.pid1.job import Child, Job
 from omcp_py.runner.pid1.procs import (
@@ -57,6 +58,15 @@ class Runner:
 
     def take_spare(self):
         child, self.spare = self.spare, None
+        if child is not None and CODE.preload and child.stamp != packages_stamp():
+            # It imported modules before an install replaced or added some: a run
+            # must see what is installed now.
+            try:
+                os.kill(child.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.forget(child)
+            child = None
         if child is None:
             child = Child()
             self.watched.add(child.pid)
@@ -238,11 +248,13 @@ class Runner:
 
 
 def main():
-    # python3 -I -c SOURCE UID:GID DIR NPROC
+    # python3 -I -c SOURCE UID:GID DIR NPROC [PRELOAD,...]
     if len(sys.argv) >= 4:
         uid, _, gid = sys.argv[1].partition(":")
         CODE.uid, CODE.gid, CODE.dir = int(uid), int(gid), sys.argv[2]
         CODE.nproc = int(sys.argv[3])
+    if len(sys.argv) >= 5:
+        CODE.preload = tuple(name for name in sys.argv[4].split(",") if name)
     set_dumpable(0)
     prepare_seccomp()
     runner = Runner()
