@@ -436,6 +436,31 @@ async def case(
     request.node.omcp_recovery_s = attack.recovery_s
 
 
+# Modules where nothing depends on the sandbox's runtime (pure code, documents, the
+# protocol, packaging and the bundle): the gVisor leg skips them, they ran in the
+# first leg, and CI stays within its time budget.
+RUNTIME_INDEPENDENT = {
+    "test_docs.py",
+    "test_config.py",
+    "test_packages.py",
+    "test_hardening.py",
+    "test_packaging.py",
+    "test_bundle.py",
+    "test_eras.py",
+    "test_protocol.py",
+    "test_first_run.py",  # doctor and first use; gVisor's own checks: test_runtime.py
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("SANDBOX_RUNTIME") != "runsc":
+        return
+    skip = pytest.mark.skip(reason="independent of the sandbox runtime: run in the first leg")
+    for item in items:
+        if item.path.name in RUNTIME_INDEPENDENT or "unit" in item.path.parts:
+            item.add_marker(skip)
+
+
 # The peak memory of every server a test started, read just before it stopped.
 SERVER_PEAKS_MB: list[float] = []
 
