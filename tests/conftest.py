@@ -2,12 +2,16 @@
 against the real Docker engine (the CI script starts it)."""
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import io
 import json
 import os
 import sys
 import time
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -561,6 +565,28 @@ def sandbox_image(docker_client: docker.DockerClient) -> str:
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     assert f"set DOCKER_IMAGE={SANDBOX_IMAGE}" in built.stdout
     return SANDBOX_IMAGE
+
+
+def zip_wheel(name: str, version: str, modules: dict[str, str]) -> tuple[str, bytes]:
+    """A minimal pure-Python wheel (what `pip wheel` would make), built by hand."""
+    dist = f"{name}-{version}.dist-info"
+    files = dict(modules)
+    files[f"{dist}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n"
+    )
+    files[f"{dist}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: omcp-test\nRoot-Is-Purelib: true\n"
+    files[f"{dist}/WHEEL"] += "Tag: py3-none-any\n"
+    record = []
+    for path, text in files.items():
+        digest = hashlib.sha256(text.encode()).digest()
+        encoded = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        record.append(f"{path},sha256={encoded},{len(text.encode())}")
+    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()
 
 
 # The tools every server offers.

@@ -18,14 +18,13 @@ import socket
 import tarfile
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import docker
 import pytest
-from conftest import Server, eventually, start_server
+from conftest import Server, eventually, start_server, zip_wheel
 
 from omcp_py.networks import host_address
 
@@ -34,28 +33,6 @@ ROLE_INSTALLER = "omcp_py.role=installer"
 
 
 # -- packages made here ---------------------------------------------------------------
-
-
-def _zip_wheel(name: str, version: str, modules: dict[str, str]) -> tuple[str, bytes]:
-    """A minimal pure-Python wheel (what `pip wheel` would make), built by hand."""
-    dist = f"{name}-{version}.dist-info"
-    files = dict(modules)
-    files[f"{dist}/METADATA"] = (
-        f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n"
-    )
-    files[f"{dist}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: omcp-test\nRoot-Is-Purelib: true\n"
-    files[f"{dist}/WHEEL"] += "Tag: py3-none-any\n"
-    record = []
-    for path, text in files.items():
-        digest = hashlib.sha256(text.encode()).digest()
-        encoded = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-        record.append(f"{path},sha256={encoded},{len(text.encode())}")
-    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path, text in files.items():
-            archive.writestr(path, text)
-    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()
 
 
 # A PEP 517 backend with no build requirements: pip runs it inside the installer,
@@ -127,7 +104,7 @@ def _readable_dir(path: Path) -> Path:
 def wheelhouse(tmp_path: Path) -> Path:
     house = _readable_dir(tmp_path / "wheelhouse")
     for version, value in (("0.1.0", 41), ("0.2.0", 42)):
-        name, data = _zip_wheel("omcp_demo", version, {"omcp_demo.py": f"VALUE = {value}\n"})
+        name, data = zip_wheel("omcp_demo", version, {"omcp_demo.py": f"VALUE = {value}\n"})
         (house / name).write_bytes(data)
         (house / name).chmod(0o644)
     return house
@@ -341,7 +318,7 @@ async def test_an_install_past_the_disk_limit_is_undone(
 ) -> None:
     # 24 MiB of incompressible text in one module: past a 16 MiB PACKAGES_DISK_LIMIT.
     data = base64.b64encode(os.urandom(18 * 2**20)).decode()
-    name, wheel = _zip_wheel("omcp_big", "1.0", {"omcp_big.py": f"DATA = {data!r}\n"})
+    name, wheel = zip_wheel("omcp_big", "1.0", {"omcp_big.py": f"DATA = {data!r}\n"})
     (wheelhouse / name).write_bytes(wheel)
     (wheelhouse / name).chmod(0o644)
     env = {"PACKAGE_WHEELHOUSE": str(wheelhouse), "PACKAGES_DISK_LIMIT": "16m"}

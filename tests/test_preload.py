@@ -3,41 +3,17 @@ matplotlib): a run finds the data stack imported, and still starts fresh: what o
 does to a module, to numpy's random state or to its figures is never seen by the next;
 an install that replaces a preloaded module is what the next run imports."""
 
-import base64
-import hashlib
-import io
-import zipfile
 from pathlib import Path
 
-from conftest import start_server
+from conftest import start_server, zip_wheel
 
 SEEDED = "0.417022004702574"  # np.random.seed(1); np.random.rand()
-
-
-def _wheel(name: str, version: str, source: str) -> tuple[str, bytes]:
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": source,
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n",
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest())
-        record.append(f"{path},sha256={digest.rstrip(b'=').decode()},{len(text)}")
-    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path, text in files.items():
-            archive.writestr(path, text)
-    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()
 
 
 async def test_preloaded_runs_start_fresh(sandbox_image: str, tmp_path: Path) -> None:
     house = tmp_path / "wheels"
     house.mkdir(mode=0o755)
-    name, data = _wheel("pandas", "99.0", "__version__ = '99.0'\n")
+    name, data = zip_wheel("pandas", "99.0", {"pandas.py": "__version__ = '99.0'\n"})
     (house / name).write_bytes(data)
     (house / name).chmod(0o644)
     env = {

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import start_server
+from conftest import start_server, zip_wheel
 
 from omcp_py.networks import host_address
 
@@ -288,7 +288,8 @@ async def test_files_on_another_host_are_refused_until_that_host_is_allowed(
     gateway = host_address(docker_client.networks.get("bridge").attrs)
     files_root = tmp_path / "files"
     files_root.mkdir()
-    (files_root / "omcp_elsewhere-0.1-py3-none-any.whl").write_bytes(_wheel())
+    name, wheel = zip_wheel("omcp_elsewhere", "0.1", {"omcp_elsewhere.py": "VALUE = 7\n"})
+    (files_root / name).write_bytes(wheel)
     files = _serve(files_root)
     file_host = f"{gateway}:{files.server_address[1]}"
     project = tmp_path / "index" / "simple" / "omcp-elsewhere"
@@ -318,30 +319,6 @@ async def test_files_on_another_host_are_refused_until_that_host_is_allowed(
     assert "PACKAGE_ALLOWED_HOSTS" in error, error
     assert allowed["success"] is True, allowed
     assert shown["output"] == "7\n"
-
-
-def _wheel() -> bytes:
-    import base64
-    import hashlib
-    import zipfile
-
-    dist = "omcp_elsewhere-0.1.dist-info"
-    files = {
-        "omcp_elsewhere.py": "VALUE = 7\n",
-        f"{dist}/METADATA": "Metadata-Version: 2.1\nName: omcp-elsewhere\nVersion: 0.1\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n",
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest())
-        record.append(f"{path},sha256={digest.rstrip(b'=').decode()},{len(text)}")
-    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path, text in files.items():
-            archive.writestr(path, text)
-    return buffer.getvalue()
 
 
 SANDBOX_REACH = r"""
