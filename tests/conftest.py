@@ -567,6 +567,13 @@ def sandbox_image(docker_client: docker.DockerClient) -> str:
     return SANDBOX_IMAGE
 
 
+def readable_dir(path: Path) -> Path:
+    """A directory the installer (uid 1000) can read when it is bind-mounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    return path
+
+
 def zip_wheel(name: str, version: str, modules: dict[str, str]) -> tuple[str, bytes]:
     """A minimal pure-Python wheel (what `pip wheel` would make), built by hand."""
     dist = f"{name}-{version}.dist-info"

@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 import docker
 import pytest
-from conftest import Server, eventually, start_server, zip_wheel
+from conftest import Server, eventually, readable_dir, start_server, zip_wheel
 
 from omcp_py.networks import host_address
 
@@ -93,16 +93,9 @@ def _probe_sdist() -> tuple[str, bytes]:
     return "omcp_probe-0.1.tar.gz", buffer.getvalue()
 
 
-def _readable_dir(path: Path) -> Path:
-    # The installer runs as uid 1000: a bind-mounted wheelhouse must be readable by it.
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture
 def wheelhouse(tmp_path: Path) -> Path:
-    house = _readable_dir(tmp_path / "wheelhouse")
+    house = readable_dir(tmp_path / "wheelhouse")
     for version, value in (("0.1.0", 41), ("0.2.0", 42)):
         name, data = zip_wheel("omcp_demo", version, {"omcp_demo.py": f"VALUE = {value}\n"})
         (house / name).write_bytes(data)

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import anyio
 import docker
-from conftest import Server, container_of, eventually, processes_in, start_server
+from conftest import (
+    Server,
+    container_of,
+    eventually,
+    processes_in,
+    readable_dir,
+    start_server,
+    zip_wheel,
+)
 
 
 def _leftovers(container) -> list[str]:
@@ -123,10 +131,8 @@ async def test_reset_drops_the_state_and_keeps_the_files(server: Server, sandbox
 async def test_packages_installed_later_import_in_a_running_interpreter(
     tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
-    from test_install import _readable_dir, _zip_wheel
-
-    house = _readable_dir(tmp_path / "wheels")
-    name, data = _zip_wheel("omcp_late", "1.0", {"omcp_late.py": "HELLO = 'late'\n"})
+    house = readable_dir(tmp_path / "wheels")
+    name, data = zip_wheel("omcp_late", "1.0", {"omcp_late.py": "HELLO = 'late'\n"})
     (house / name).write_bytes(data)
     (house / name).chmod(0o644)
     async with start_server({"PACKAGE_WHEELHOUSE": str(house)}, cwd=tmp_path) as server:

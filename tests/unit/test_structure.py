@@ -69,3 +69,36 @@ def test_no_import_circle() -> None:
     for name in sorted(graph):
         if name not in state:
             visit(name)
+
+
+def test_tests_share_helpers_only_through_conftest() -> None:
+    # An import from another test module runs only when that test runs, so a helper
+    # renamed there broke a test in a module nobody re-ran (stop 24's red CI).
+    tests = PACKAGE.parents[1] / "tests"
+    shared = ast.parse((tests / "conftest.py").read_text())
+    defined = {
+        n.name
+        for n in shared.body
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    } | {
+        t.id
+        for n in shared.body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
+    for path in sorted(tests.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [a.name for a in node.names]
+                module = node.module
+            elif isinstance(node, ast.Import):
+                names, module = [], ""
+                for alias in node.names:
+                    assert not alias.name.startswith("test_"), f"{path.name} imports {alias.name}"
+            else:
+                continue
+            assert not module.startswith("test_"), f"{path.name} imports from {module}"
+            if module == "conftest":
+                missing = set(names) - defined
+                assert not missing, f"{path.name} imports {missing} that conftest lacks"
