@@ -2,6 +2,7 @@
 and the known escapes of its versions (a warning). Checked once per connection."""
 
 import logging
+import threading
 from typing import Any
 
 from omcp_py import escapes
@@ -20,12 +21,18 @@ class IsolationCheck:
         self.engine = engine
         self.config = config
         self._checked_client: Any = None
+        # The pool, the reaper and a first tool call check at once at startup: one
+        # check (and one set of warnings) per connection, not one per caller.
+        self._lock = threading.Lock()
 
     def check(self, client: Any) -> None:
         """IsolationUnavailable when the engine would drop a limit or lacks the runtime."""
-        # Once per connection: a reconnect may reach another engine.
-        if self._checked_client is client:
-            return
+        with self._lock:
+            # Once per connection: a reconnect may reach another engine.
+            if self._checked_client is not client:
+                self._check(client)
+
+    def _check(self, client: Any) -> None:
         with self.engine.errors():
             info = client.info()
         missing = missing_limits(info)
