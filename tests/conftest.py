@@ -221,11 +221,26 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
-@pytest.fixture
-async def server(docker_client: docker.DockerClient, tmp_path: Path) -> AsyncIterator[Server]:
-    held = Held(start_server(cwd=tmp_path))
+@pytest.fixture(scope="module")
+async def shared_server(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Server]:
+    """One default server for all the tests of a module that ask for ``server``:
+    starting and stopping one cost every such test about 2.5 s (CI's time budget).
+    Tests that need their own settings, or end the server, start their own."""
+    held = Held(start_server(cwd=tmp_path_factory.mktemp("server")))
     yield await held.enter()
     await held.exit()
+
+
+@pytest.fixture
+async def server(shared_server: Server) -> AsyncIterator[Server]:
+    """The module's server, empty again after each test: what a test made is removed
+    (and so the server must still answer after whatever the test did to it)."""
+    yield shared_server
+    listed = await shared_server.call("list_sandboxes", {"include_inactive": True})
+    for entry in listed["sandboxes"]:
+        await shared_server.call("remove_sandbox", {"sandbox_id": entry["id"], "force": True})
 
 
 @pytest.fixture
@@ -441,8 +456,10 @@ async def case(
 
 
 # Modules where nothing depends on the sandbox's runtime (pure code, documents, the
-# protocol, packaging and the bundle): the gVisor leg skips them, they ran in the
-# first leg, and CI stays within its time budget.
+# protocol, packaging, the bundle, argument checks and the server's own lifecycle): the
+# gVisor leg skips them, they ran in the first leg, and CI stays within its time
+# budget. Single tests of that kind elsewhere carry @pytest.mark.any_runtime: host-side
+# behaviour, or a networked installer (which runs on the engine's default runtime).
 RUNTIME_INDEPENDENT = {
     "test_docs.py",
     "test_config.py",
@@ -453,6 +470,9 @@ RUNTIME_INDEPENDENT = {
     "test_eras.py",
     "test_protocol.py",
     "test_first_run.py",  # doctor and first use; gVisor's own checks: test_runtime.py
+    "test_lifecycle.py",  # reaper, signals, engine checks: the server's side
+    "test_tools.py",  # schemas and the tool contract; each behaviour is run elsewhere
+    "test_arguments.py",  # refused before any sandbox is touched
 }
 
 
@@ -461,12 +481,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="independent of the sandbox runtime: run in the first leg")
     for item in items:
-        if item.path.name in RUNTIME_INDEPENDENT or "unit" in item.path.parts:
+        if (
+            item.path.name in RUNTIME_INDEPENDENT
+            or "unit" in item.path.parts
+            or item.get_closest_marker("any_runtime")
+        ):
             item.add_marker(skip)
-
-
-# The peak memory of every server a test started, read just before it stopped.
-SERVER_PEAKS_MB: list[float] = []
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -474,6 +494,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     report = yield
     setattr(item, f"omcp_{report.when}", report)
     return report
+
+
+# The peak memory of every server a test started, read just before it stopped.
+SERVER_PEAKS_MB: list[float] = []
 
 
 @pytest.fixture(autouse=True)
@@ -486,6 +510,9 @@ def security_record(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     call = getattr(request.node, "omcp_call", None)
     peaks = SERVER_PEAKS_MB[first:]
+    if "shared_server" in request.fixturenames:  # its peak so far: it runs on
+        with contextlib.suppress(LookupError, OSError, AssertionError):
+            peaks.append(peak_rss_mb(request.getfixturevalue("shared_server").pid))
     entry = {
         "case": request.node.nodeid,
         "class": Path(request.node.nodeid.split("::")[0]).stem.removeprefix("test_"),

@@ -106,6 +106,7 @@ async def test_files_go_in_and_out_byte_for_byte_and_nothing_leaves(
     assert sorted(p.name for p in host["root"].iterdir()) == ["in", "out", "outside"]
 
 
+@pytest.mark.any_runtime
 async def test_the_tools_exist_only_with_their_settings(tmp_path: Path) -> None:
     async with start_server({}, cwd=tmp_path) as server:
         names = {tool.name for tool in (await server.session.list_tools()).tools}

@@ -167,6 +167,7 @@ async def _install(server: Server, sandbox_id: str, package: str, timeout: int =
 # -- the real index --------------------------------------------------------------------
 
 
+@pytest.mark.any_runtime
 @pytest.mark.skipif(not Path(CA_BUNDLE).exists(), reason="needs the host's CA bundle")
 async def test_real_index_pure_and_compiled_wheels(tmp_path: Path) -> None:
     async with start_server({"PACKAGE_CA_BUNDLE": CA_BUNDLE}, cwd=tmp_path) as server:
@@ -347,6 +348,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.any_runtime
 async def test_refused_inputs_never_start_an_installer(
     server: Server, sandbox: str, docker_client: docker.DockerClient
 ) -> None:
@@ -415,6 +417,7 @@ async def test_an_install_blocks_no_other_tool_or_sandbox(
         assert (await server.run(other, "print(2)"))["output"] == "2\n"
 
 
+@pytest.mark.any_runtime
 async def test_package_volumes_follow_their_sandbox(
     wheelhouse: Path, tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
@@ -442,6 +445,7 @@ async def test_package_volumes_follow_their_sandbox(
     assert not docker_client.volumes.list(filters=mine)
 
 
+@pytest.mark.any_runtime
 async def test_an_unreachable_index_is_named(tmp_path: Path) -> None:
     # Inside the installer 127.0.0.1 is the installer itself: nothing listens there.
     index = "http://127.0.0.1:9/simple/"
@@ -454,6 +458,7 @@ async def test_an_unreachable_index_is_named(tmp_path: Path) -> None:
         assert "Connection refused" in result["error"], result["error"]
 
 
+@pytest.mark.any_runtime
 async def test_a_long_install_reports_progress_and_stops_when_cancelled(
     stalled_index: str, tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:

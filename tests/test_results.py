@@ -435,6 +435,7 @@ def inspector(server: list[str], tool: str, **args: str) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
+@pytest.mark.any_runtime
 def test_figures_and_files_through_the_inspector(one_server_for_many_clients: list[str]):
     server = one_server_for_many_clients
     created = inspector(server, "create_sandbox")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import anyio
 import docker
+import pytest
 from conftest import (
     Server,
     container_of,
@@ -150,6 +151,7 @@ async def test_packages_installed_later_import_in_a_running_interpreter(
         assert (await server.run(stateful, "print('missing' in dir())"))["state"] == "kept"
 
 
+@pytest.mark.any_runtime
 async def test_the_pool_counts_against_max_sandboxes(tmp_path: Path, docker_client) -> None:
     env = {"MAX_SANDBOXES": "3", "SANDBOX_POOL_SIZE": "2", "REAPER_INTERVAL": "1"}
     async with start_server(env, cwd=tmp_path) as server:
@@ -181,6 +183,7 @@ async def test_the_pool_counts_against_max_sandboxes(tmp_path: Path, docker_clie
         assert (await server.create()) not in ids
 
 
+@pytest.mark.any_runtime
 async def test_a_hanging_engine_never_delays_initialize(tmp_path: Path) -> None:
     # An engine that accepts connections and never answers: the pool cannot fill.
     import socket

@@ -179,6 +179,7 @@ def loopback_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+@pytest.mark.any_runtime
 async def test_package_code_reaches_nothing_but_the_index(
     tmp_path: Path, docker_client: docker.DockerClient, canary: _Canary, loopback_port: int
 ) -> None:
@@ -279,6 +280,7 @@ def _serve(root: Path) -> http.server.ThreadingHTTPServer:
     return httpd
 
 
+@pytest.mark.any_runtime
 async def test_files_on_another_host_are_refused_until_that_host_is_allowed(
     tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:

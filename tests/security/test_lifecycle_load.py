@@ -18,6 +18,7 @@ from conftest import (
 )
 
 
+@pytest.mark.any_runtime
 async def test_max_sandboxes_holds_under_concurrent_creates(tmp_path, docker_client) -> None:
     async with start_server({"MAX_SANDBOXES": "10"}, cwd=tmp_path) as srv:
         outcomes: list = []
@@ -44,6 +45,7 @@ async def test_max_sandboxes_holds_under_concurrent_creates(tmp_path, docker_cli
         await srv.create()
 
 
+@pytest.mark.any_runtime
 async def test_killed_server_leaves_orphans_that_the_next_server_reaps(
     tmp_path, docker_client
 ) -> None:
@@ -133,6 +135,7 @@ async def test_200_concurrent_executions_over_10_sandboxes_on_one_connection(
         assert all(answers[i]["success"] for i in answers)
 
 
+@pytest.mark.any_runtime
 async def test_engine_outage_and_recovery_without_restart(tmp_path, docker_client) -> None:
     sock = tmp_path / "engine.sock"
     env = {"DOCKER_HOST": f"unix://{sock}", "SANDBOX_POOL_SIZE": "0"}
