@@ -1,8 +1,11 @@
 """SANDBOX_PRELOAD (issue 19 item 1) with the recommended image (numpy, pandas,
-matplotlib): a run finds the data stack imported, and still starts fresh: what one run
-does to a module, to numpy's random state or to its figures is never seen by the next;
-an install that replaces a preloaded module is what the next run imports."""
+matplotlib): a run finds the data stack imported (forked from the zygote, which imported
+it once), and still starts fresh: what one run does to a module, to numpy's random state
+or to its figures is never seen by the next; an install that replaces a preloaded module
+is what the next run imports; no run can reach into the zygote, and one that stops or
+kills it costs the next runs time, never their answer or their freshness."""
 
+import asyncio
 from pathlib import Path
 
 from conftest import start_server, zip_wheel
@@ -43,10 +46,11 @@ async def test_preloaded_runs_start_fresh(sandbox_image: str, tmp_path: Path) ->
             "print(hasattr(pd.DataFrame, 'omcp_mark'), plt.get_fignums())\n"
             "print(np.random.rand())\n",
         )
+        assert after["output"].count("\n") == 2, after
         marked, drawn = after["output"].splitlines()
         assert marked == "False []" and drawn != SEEDED and after["images"] == [], after
         again = await server.run(sid, "import numpy as np\nprint(np.random.rand())")
-        # Each run's interpreter imported numpy itself: no random state is shared.
+        # Forked from one zygote, each run still draws its own numbers.
         assert again["output"].strip() != drawn
         # A stateful sandbox starts from a preloaded interpreter too.
         kept = await server.run(stateful, "import sys\nprint('pandas' in sys.modules)")
@@ -60,9 +64,62 @@ async def test_preloaded_runs_start_fresh(sandbox_image: str, tmp_path: Path) ->
         assert new["output"] == "99.0\n", new  # not the preloaded one
 
 
-async def test_no_preload_by_default(sandbox_image: str, tmp_path: Path) -> None:
-    env = {"DOCKER_IMAGE": sandbox_image}
+async def test_the_data_stack_is_preloaded_by_default_where_the_image_has_it(
+    sandbox_image: str, tmp_path: Path
+) -> None:
+    probe = (
+        "import os, sys\n"
+        "names = [open('/proc/%s/comm' % p).read().strip() for p in os.listdir('/proc')\n"
+        "         if p.isdigit()]\n"
+        "print('numpy' in sys.modules, 'omcp-zygote' in names)\n"
+    )
+    for env, expected in (
+        ({"DOCKER_IMAGE": sandbox_image}, "True True\n"),
+        ({"DOCKER_IMAGE": sandbox_image, "SANDBOX_PRELOAD": "none"}, "False False\n"),
+        ({}, "False False\n"),  # python:3.11-slim has none of them: no zygote stays
+    ):
+        async with start_server(env, cwd=tmp_path) as server:
+            sid = await server.create()
+            await asyncio.sleep(4)  # the zygote's imports
+            shown = await server.run(sid, probe)
+        assert shown["output"] == expected, (env, shown)
+
+
+ZYGOTE = (
+    "import os\n"
+    "found = [p for p in os.listdir('/proc') if p.isdigit()\n"
+    "         and open('/proc/%s/comm' % p).read().strip() == 'omcp-zygote']\n"
+)
+
+
+async def test_runs_cannot_reach_into_the_zygote(sandbox_image: str, tmp_path: Path) -> None:
+    env = {"DOCKER_IMAGE": sandbox_image, "SANDBOX_PRELOAD": "numpy"}
     async with start_server(env, cwd=tmp_path) as server:
         sid = await server.create()
-        shown = await server.run(sid, "import sys\nprint('numpy' in sys.modules)")
-    assert shown["output"] == "False\n"
+        probe = await server.run(
+            sid,
+            ZYGOTE + "import ctypes\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "zygote = int(found[0])\n"
+            "print('ptrace', libc.ptrace(16, zygote, 0, 0), os.strerror(ctypes.get_errno()))\n"
+            "try:\n"
+            "    open('/proc/%d/mem' % zygote, 'rb').read(1); print('READ mem')\n"
+            "except OSError as e:\n"
+            "    print('mem', type(e).__name__)\n",
+        )
+        assert probe["output"].splitlines() == [
+            "ptrace -1 Operation not permitted",
+            "mem PermissionError",
+        ], probe
+        # Stopped, then killed: the runs after each still answer, start fresh and find
+        # numpy (forked by PID 1 while a new zygote imports, then by it).
+        stopped = await server.run(sid, ZYGOTE + "os.kill(int(found[0]), 19); print(found)")
+        killed = await server.run(sid, ZYGOTE + "os.kill(int(found[0]), 9); print(found)")
+        assert stopped["output"] != killed["output"], (stopped, killed)  # a new one between
+        for _ in range(3):
+            after = await server.run(sid, "import sys\nprint('numpy' in sys.modules, 'x' in dir())")
+            assert after["output"] == "True False\n", after
+            await server.run(sid, "x = 1")
+        await asyncio.sleep(3)  # the new zygote has imported numpy by now
+        last = await server.run(sid, ZYGOTE + "print(len(found))")
+        assert last["output"] == "1\n", last

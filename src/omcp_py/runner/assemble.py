@@ -10,7 +10,18 @@ import ast
 from functools import cache
 from pathlib import Path
 
-PARTS = ("protocol", "procs", "figures", "seccomp", "become", "child", "files", "job", "loop")
+PARTS = (
+    "protocol",
+    "procs",
+    "figures",
+    "seccomp",
+    "become",
+    "child",
+    "zygote",
+    "files",
+    "job",
+    "loop",
+)
 PACKAGE = "omcp_py.runner.pid1"
 _HERE = Path(__file__).parent / "pid1"
 

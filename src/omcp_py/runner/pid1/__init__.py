@@ -9,7 +9,7 @@ settings and the loaded filter live in objects the parts share (``become.CODE``,
 
 Parts, in the order they are assembled (each uses only the stdlib and earlier parts):
 ``protocol`` (the frames, shared with the host's client), ``procs``, ``figures``,
-``seccomp``, ``become``, ``child``, ``files``, ``job``, ``loop`` (``main``).
+``seccomp``, ``become``, ``child``, ``zygote``, ``files``, ``job``, ``loop`` (``main``).
 
 Why PID 1: it reaps orphans at once, so nothing a run leaves behind holds pids; and
 its kill(-1) spares itself, so after every run all other processes go, whether

@@ -63,27 +63,24 @@ def become_code_user():
 
 
 def become_code_process(out_w, err_w, keep=()):
-    """In a fresh fork: drop PID 1's duties and privileges, wire stdio to the pipes."""
+    """In a fresh fork of PID 1: drop its duties and privileges, wire stdio to the pipes."""
     become_code_user()
+    become_interpreter()
+    wire_stdio(out_w, err_w, keep)
+    set_dumpable(1)
+    prefer_oom_kill()
+
+
+def become_interpreter():
+    """The interpreter the code expects, like `python -c` (also the zygote's, whose
+    imports then see the same settings as a run's)."""
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out_w, 1)
-    os.dup2(err_w, 2)
-    close_all_but(keep)
-    set_dumpable(1)
-    try:
-        # Under memory pressure the kernel kills the code, never PID 1.
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
-    except OSError:
-        pass
+    # Unbuffered, like `python -u`: output written before a timeout kill is kept. On
+    # fds 0-2, whatever is behind them: wire_stdio puts a run's pipes there.
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-    # Unbuffered, like `python -u`: output written before a timeout kill is kept.
     sys.stdout = io.TextIOWrapper(
         io.FileIO(1, "w", closefd=False),
         encoding="utf-8",
@@ -106,6 +103,31 @@ def become_code_process(out_w, err_w, keep=()):
     # and plt.show() hands the figures to the result.
     os.environ.setdefault("MPLBACKEND", "Agg")
     sys.meta_path.insert(0, PyplotHook())
+
+
+def wire_stdio(out_w, err_w, keep=()):
+    """A session of its own, stdin empty, stdout and stderr to PID 1's pipes, and no
+    other file descriptor but ``keep``."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    close_all_but(keep)
+
+
+def prefer_oom_kill():
+    # Under memory pressure the kernel kills the code, never PID 1 (or the zygote).
+    # Once dumpable: a process that is not may not write its own /proc files.
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def new_main():
+    """A fresh __main__ module for the code."""
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = main

@@ -10,7 +10,7 @@ import sys
 import traceback
 import types
 
-from omcp_py.runner.pid1.become import CODE, become_code_process
+from omcp_py.runner.pid1.become import CODE, become_code_process, new_main
 from omcp_py.runner.pid1.figures import SHOWN, encode_figures, take_figures
 from omcp_py.runner.pid1.procs import set_name, write_all
 from omcp_py.runner.pid1.protocol import READ_CHUNK
@@ -52,12 +52,17 @@ def packages_stamp():
 
 def preload(names):
     """Import the modules the image has among ``names``, quietly: what they print
-    would otherwise be the next run's output. One that fails is left out."""
+    would otherwise be the next run's output. One that fails is left out.
+
+    Returns:
+        How many were imported.
+    """
     import importlib
     import importlib.util
 
+    imported = 0
     if not names:
-        return
+        return imported
     saved = os.dup(1), os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
@@ -67,6 +72,7 @@ def preload(names):
             try:
                 if importlib.util.find_spec(name.split(".")[0]) is not None:
                     importlib.import_module(name)
+                    imported += 1
             except BaseException:
                 pass
     finally:
@@ -75,6 +81,7 @@ def preload(names):
         os.dup2(saved[1], 2)
         for fd in (*saved, null):
             os.close(fd)
+    return imported
 
 
 def run_code(main, code, filename):
@@ -153,10 +160,14 @@ REAP = b"w"  # collect the exit status of children PID 1 has just killed
 CHILD_MESSAGE = struct.Struct(">cII")  # kind, image budget, size of the code
 
 
-def child_main(ctl_r, status_w, out_w, err_w):
-    """A warm child: set up ahead of need, then runs what PID 1 sends it."""
+def child_main(ctl_r, status_w, out_w=None, err_w=None, forked_by_zygote=False):
+    """A warm child: set up ahead of need, then runs what PID 1 sends it. Forked by
+    PID 1 it becomes the code's process and imports SANDBOX_PRELOAD itself; forked by
+    the zygote it is both already."""
     set_name(b"omcp-ready")
-    main = become_code_process(out_w, err_w, keep=(ctl_r, status_w))
+    if not forked_by_zygote:
+        become_code_process(out_w, err_w, keep=(ctl_r, status_w))
+    main = new_main()
     # Go through a whole run of nothing before any code waits on one: after a fork,
     # every first write to a page copies it (about 8 us a page here, some 90 pages
     # for a run). No atexit handlers: they belong to the real run.
@@ -169,7 +180,8 @@ def child_main(ctl_r, status_w, out_w, err_w):
     warm.__dict__.clear()
     flush_stdio()
     json.dumps({"exit_code": 0})
-    preload(CODE.preload)
+    if not forked_by_zygote:
+        preload(CODE.preload)
 
     counter = 0
     while True:

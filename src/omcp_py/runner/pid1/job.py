@@ -18,7 +18,6 @@ from omcp_py.runner.pid1.figures import FIGURE_REASONS, MAX_FIGURES, checked_ima
 from omcp_py.runner.pid1.procs import (
     Capture,
     describe,
-    doom_others,
     memory_used,
     nonblocking,
     oom_kills,
@@ -44,20 +43,24 @@ GUARD_INTERVAL = 0.005
 class Child:
     """A forked, ready interpreter, seen from PID 1: its pipes and pid."""
 
-    def __init__(self):
-        # Taken before the fork: packages installed after it make this child stale
-        # when it preloads modules (loop.take_spare).
-        self.stamp = packages_stamp()
+    def __init__(self, zygote=None):
+        """Forked by ``zygote`` (a ready Zygote) if it answers, by PID 1 otherwise."""
         ctl_r, self.ctl_w = os.pipe()
         self.status_r, status_w = os.pipe()
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            try:
-                child_main(ctl_r, status_w, out_w, err_w)
-            finally:
-                os._exit(70)
+        self.pid = zygote.fork([ctl_r, status_w, out_w, err_w]) if zygote else None
+        self.from_zygote = self.pid is not None
+        # What the user site was when its modules were imported: packages installed
+        # after it make this child stale when it preloads modules (loop.take_spare).
+        self.stamp = zygote.stamp if self.from_zygote else packages_stamp()
+        if self.pid is None:
+            self.pid = os.fork()
+            if self.pid == 0:
+                try:
+                    child_main(ctl_r, status_w, out_w, err_w)
+                finally:
+                    os._exit(70)
         for fd in (ctl_r, status_w, out_w, err_w):
             os.close(fd)
         for fd in (self.status_r, self.out_r, self.err_r):
@@ -212,7 +215,7 @@ class Job:
             if self.runner.kill_others(keep=self.child.pid):
                 self.child.send(REAP, b"")
         else:
-            doom_others()  # waiting for them to be gone happens after the answer
+            self.runner.doom_others()  # waiting for them to be gone follows the answer
         self.drain()
         self.streams = {}
 
@@ -284,7 +287,7 @@ class Job:
             if self.stateful:
                 self.kernel_died(status)
             else:
-                doom_others()  # the run ended: so does everything it started
+                runner.doom_others()  # the run ended: so does everything it started
                 self.drain()
                 self.streams = {}
         self.progress(now)

@@ -10,11 +10,12 @@ import time
 import traceback
 
 from omcp_py.runner.pid1.become import CODE
-from omcp_py.runner.pid1.child import packages_stamp
+from omcp_py.runner.pid1.child import child_main, packages_stamp
 from omcp_py.runner.pid1.files import file_request
 from omcp_py.runner.pid1.job import Child, Job
 from omcp_py.runner.pid1.procs import (
     describe,
+    doom_others,
     flush_outbox,
     live_pids,
     nonblocking,
@@ -34,6 +35,7 @@ from omcp_py.runner.pid1.protocol import (
     SYNC_ECHO,
 )
 from omcp_py.runner.pid1.seccomp import prepare_seccomp
+from omcp_py.runner.pid1.zygote import NOTHING, Zygote
 
 
 class Runner:
@@ -42,6 +44,7 @@ class Runner:
         self.stdin_open = True
         self.job = None
         self.spare = None  # a warm child waiting for its code
+        self.zygote = None  # with SANDBOX_PRELOAD: what forks the warm children
         self.kernel = None  # the stateful interpreter, once there is one
         self.lost = None  # why the last kernel died, told to the next stateful run
         self.watched = set()
@@ -58,7 +61,10 @@ class Runner:
 
     def take_spare(self):
         child, self.spare = self.spare, None
-        if child is not None and CODE.preload and child.stamp != packages_stamp():
+        stamp = packages_stamp() if CODE.preload else None
+        if self.zygote is not None and self.zygote.stamp != stamp:
+            self.drop_zygote()  # its imports predate an install: a new one follows the run
+        if child is not None and CODE.preload and child.stamp != stamp:
             # It imported modules before an install replaced or added some: a run
             # must see what is installed now.
             try:
@@ -67,18 +73,52 @@ class Runner:
                 pass
             self.forget(child)
             child = None
-        if child is None:
-            child = Child()
-            self.watched.add(child.pid)
-        return child
+        return child if child is not None else self.new_child()
 
     def ensure_spare(self):
         # Forked as soon as a run has been answered, so its set-up (about 5 ms, most
         # of it copy-on-write faults) is off the next run's path unless that run comes
         # right away. A stateful sandbox needs one only when its interpreter is gone.
         if self.spare is None and self.kernel is None:
-            self.spare = Child()
-            self.watched.add(self.spare.pid)
+            if CODE.preload and self.zygote is None:
+                self.zygote = Zygote(child_main)
+                self.watched.add(self.zygote.pid)
+            if self.zygote is None or self.zygote.ready:
+                self.spare = self.new_child()
+            # else: forked once the zygote says it is ready (loop)
+
+    def new_child(self):
+        zygote = self.zygote if self.zygote is not None and self.zygote.ready else None
+        child = Child(zygote)
+        if zygote is not None and not child.from_zygote:
+            self.drop_zygote()  # a run stopped or ended it: a new one follows the run
+        self.watched.add(child.pid)
+        return child
+
+    def drop_zygote(self):
+        zygote, self.zygote = self.zygote, None
+        if zygote is not None:
+            try:
+                os.kill(zygote.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.forget(zygote)
+
+    def zygote_said(self):
+        said = self.zygote.take_ready()
+        if said == NOTHING:
+            # None of the modules is in the image: children are forked here, as
+            # without SANDBOX_PRELOAD, and import nothing ahead.
+            CODE.preload = ()
+        if not self.zygote.ready:
+            self.drop_zygote()
+        elif self.job is None:  # else once the run is answered, like any spare
+            self.ensure_spare()
+
+    def doom_others(self):
+        """SIGKILL all but PID 1, the zygote and the spare, without waiting."""
+        keep = (self.zygote, self.spare)
+        doom_others(keep=tuple(process.pid for process in keep if process is not None))
 
     def forget(self, child):
         self.watched.discard(child.pid)
@@ -100,6 +140,8 @@ class Runner:
             if self.spare is not None and pid == self.spare.pid:
                 self.forget(self.spare)
                 self.spare = None
+            elif self.zygote is not None and pid == self.zygote.pid:
+                self.drop_zygote()  # killed by a run: a new one follows the run
             elif self.kernel is not None and pid == self.kernel.pid and self.job is None:
                 # Died between runs (a thread called os._exit, or out of memory).
                 code, sig = describe(status)
@@ -118,9 +160,12 @@ class Runner:
         if self.spare is not None and self.spare.pid != keep:
             self.forget(self.spare)  # killed below; a new one is forked after the run
             self.spare = None
+        # The zygote stays: no run can change it (zygote.py), and its imports are what
+        # it is for. A run that stopped it is found out at the next fork.
+        keep = {pid for pid in (keep, self.zygote and self.zygote.pid) if pid}
         for _ in range(1000):
             self.reap()
-            if keep is None:
+            if not keep:
                 try:
                     os.kill(-1, signal.SIGKILL)
                 except ProcessLookupError:
@@ -204,6 +249,9 @@ class Runner:
                 fds += self.job.fds()
             elif self.kernel is not None:
                 fds += self.kernel.fds()
+            starting = self.zygote if self.zygote is not None and not self.zygote.ready else None
+            if starting is not None:
+                fds.append(starting.sock.fileno())
             timeout = self.job.wait_time(now) if self.job is not None else None
             try:
                 ready = select.select(fds, [], [], timeout)[0]
@@ -218,6 +266,10 @@ class Runner:
             self.reap()
             for fd in ready:
                 if fd == self.wake_r:
+                    continue
+                if starting is not None and fd == starting.sock.fileno():
+                    if starting is self.zygote:  # not dropped by reap meanwhile
+                        self.zygote_said()
                     continue
                 if fd == 0:
                     data = os.read(0, READ_CHUNK)

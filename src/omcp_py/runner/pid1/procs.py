@@ -93,13 +93,14 @@ class Capture:
                 del self.tail[:excess]
 
 
-def live_pids(keep):
+def live_pids(keep=()):
+    """Processes alive in the sandbox but PID 1 and the pids in ``keep``."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         pid = int(name)
-        if pid == 1 or pid == keep:
+        if pid == 1 or pid in keep:
             continue
         try:
             with open("/proc/%d/stat" % pid, "rb") as f:
@@ -111,13 +112,21 @@ def live_pids(keep):
     return found
 
 
-def doom_others():
-    """SIGKILL every process but PID 1 at once, without waiting for them to go.
+def doom_others(keep=()):
+    """SIGKILL every process but PID 1 (and ``keep``) at once, without waiting for
+    them to go.
 
     A killed process never runs another instruction of its own, so the answer can
     leave now; Runner.kill_others then makes sure (a process forking right then may
     have been missed) before the next request is read.
     """
+    if keep:
+        for pid in live_pids(keep):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        return
     try:
         os.kill(-1, signal.SIGKILL)
     except ProcessLookupError:
