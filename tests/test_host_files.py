@@ -92,6 +92,25 @@ async def test_files_go_in_and_out_byte_for_byte_and_nothing_leaves(
                 "export_file", {"sandbox_id": sid, "path": "s.csv", "name": name}
             )
             assert "must be a plain file name" in message, (name, message)
+        # Names a sandbox made, passed on by the model as list_files shows them: safe
+        # names in the user's folder, a numbered copy of a long one, no error.
+        await server.run(
+            sid,
+            "import os\nos.mkdir('hostile')\n"
+            "for n in ['a\\nb\\x1b[31m.txt', '\\u202eevil.txt', 'y' * 250 + '.csv']:\n"
+            "    open('hostile/' + n, 'w').write('h')\n",
+        )
+        listed = await server.call("list_files", {"sandbox_id": sid, "path": "hostile"})
+        exported = []
+        for entry in listed["entries"]:
+            for _ in range(2):
+                where = "hostile/" + entry["path"]  # listed relative to the directory
+                done = await server.call("export_file", {"sandbox_id": sid, "path": where})
+                exported.append(Path(done["host_path"]).name)
+        assert {"a_b_[31m.txt", "a_b_[31m (1).txt", "_evil.txt", "_evil (1).txt"} < set(exported)
+        assert sum(name.startswith("yyyy") and name.endswith(".csv") for name in exported) == 2
+        for name in exported:
+            (host["out"] / name).unlink()
         assert (await server.run(sid, "print('still here')"))["output"] == "still here\n"
 
     assert (host["out"] / "data.bin").read_bytes() == original

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -155,9 +156,32 @@ def check_output_name(name: str) -> str:
     return name
 
 
+def safe_output_name(name: str) -> str:
+    """A sandbox file's name as it may go into the user's folder: control and format
+    characters (newlines, terminal escapes, bidirectional overrides that make
+    ``txt.exe`` read as ``exe.txt``) and bytes that were not UTF-8 become ``_``, and a
+    name too long to take a number (``name (12).csv``) is shortened before its
+    extension. The result is shown to the model in ``host_path``."""
+    cleaned = "".join("_" if unicodedata.category(ch)[0] == "C" else ch for ch in name)
+    if cleaned in ("", ".", ".."):
+        cleaned = "file"
+    room = _MAX_NAME - len(f" ({_MAX_TRIES})")
+    if len(cleaned.encode()) > room:
+        stem, dot, suffix = _split(cleaned)
+        suffix = suffix[:16]
+        while stem and len(f"{stem}{dot}{suffix}".encode()) > room:
+            stem = stem[:-1]
+        cleaned = f"{stem or 'file'}{dot}{suffix}"
+    return cleaned
+
+
+def _split(name: str) -> tuple[str, str, str]:
+    return name.partition(".") if not name.startswith(".") else (name, "", "")
+
+
 def _candidates(name: str):
     yield name
-    stem, dot, suffix = name.partition(".") if not name.startswith(".") else (name, "", "")
+    stem, dot, suffix = _split(name)
     for number in range(1, _MAX_TRIES):
         yield f"{stem} ({number}){dot}{suffix}"
 

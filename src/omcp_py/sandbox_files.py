@@ -117,7 +117,8 @@ class SandboxFiles:
             host_files.check_output_name(name)
         answer, data = await self._file(sandbox, request)
         got = files.download(answer, data)
-        target = name or got.result.path.rsplit("/", 1)[-1]
+        # The name may come from the sandbox (its file's): it is made safe first.
+        target = host_files.safe_output_name(name or got.result.path.rsplit("/", 1)[-1])
         written = await self.workers.control(host_files.write_output, self.config, target, data)
         return ExportResult(
             success=True,

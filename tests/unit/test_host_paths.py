@@ -7,7 +7,7 @@ import pytest
 
 from omcp_py.config import SandboxConfig
 from omcp_py.errors import FileRefused
-from omcp_py.host_files import check_output_name, read_input, write_output
+from omcp_py.host_files import check_output_name, read_input, safe_output_name, write_output
 
 
 def _config(tmp_path: Path, *inputs: Path) -> SandboxConfig:
@@ -59,3 +59,18 @@ def test_an_output_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
     os.symlink(tmp_path / "real", tmp_path / "out")
     with pytest.raises(FileRefused, match="not a link"):
         write_output(_config(tmp_path, tmp_path), "f", b"x")
+
+
+def test_names_from_a_sandbox_are_made_safe_for_the_users_folder(tmp_path: Path) -> None:
+    assert safe_output_name("report.csv") == "report.csv"
+    assert safe_output_name("a\nb\x1b[31m.txt") == "a_b_[31m.txt"
+    assert safe_output_name("\u202eevil.txt") == "_evil.txt"  # no right-to-left override
+    assert safe_output_name("\udcff\udcfe.bin") == "__.bin"  # bytes that were not UTF-8
+    assert safe_output_name("résumé.pdf") == "résumé.pdf"
+    long = safe_output_name("y" * 300 + ".csv")
+    assert long.endswith("y.csv") and len(long.encode()) <= 255 - len(" (1000)")
+    (tmp_path / "out").mkdir()
+    config = _config(tmp_path)
+    first = write_output(config, long, b"1")
+    second = write_output(config, long, b"2")  # a numbered copy still fits
+    assert second.name == long.replace(".csv", " (1).csv") and first.read_bytes() == b"1"
