@@ -37,7 +37,8 @@ def test_every_isolation_option_is_set() -> None:
     # PID 1 keeps four capabilities to run the code as user 1000 with none.
     assert kwargs["user"] == "0:0"
     assert sorted(kwargs["cap_add"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
-    assert kwargs["command"][4:] == ["1000:1000", "/sandbox", "0", ""]
+    # The zygote's modules by default (an image without them gets no zygote).
+    assert kwargs["command"][4:] == ["1000:1000", "/sandbox", "0", "numpy,pandas,matplotlib.pyplot"]
     assert "runtime" not in kwargs
     assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 256 * 2**20
     assert kwargs["nano_cpus"] == 500_000_000
