@@ -35,11 +35,15 @@ def write(data):
     sys.stdout.buffer.flush()
 
 
-def disk_used(top):
-    """Bytes the tree takes on disk, each file once however many links it has."""
+def disk_used(top, skip=()):
+    """Bytes the tree takes on disk, each file once however many links it has (the
+    top directory's entries in ``skip`` left out)."""
     seen = set()
     total = 0
     for root, dirs, files in os.walk(top):
+        if root == top:
+            dirs[:] = [name for name in dirs if name not in skip]
+            files = [name for name in files if name not in skip]
         for name in dirs + files:
             try:
                 st = os.lstat(os.path.join(root, name))
@@ -187,6 +191,11 @@ def main():
         code, exceeded = run_pip(sys.argv[3:], tmp, target, limit)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if limit and not exceeded:
+        # pip may finish between two looks of the watch: what it left is measured too.
+        used = disk_used(target, skip=(BEFORE,))
+        if used > limit:
+            exceeded = used
     if exceeded:
         restore(target)
     else:
