@@ -388,6 +388,13 @@ async def test_a_sandbox_reaches_its_allowed_host_and_nothing_else(
                 plain, "import os; print(sorted(os.listdir('/sys/class/net')))"
             )
             pid = server.pid
+            # Removed while the server runs: its filter and its network go with it.
+            sid = created["sandbox_id"]
+            await server.call("remove_sandbox", {"sandbox_id": sid, "force": True})
+            left = [n.name for n in docker_client.networks.list(names=[f"omcp-net-{sid}"])]
+            labels = {"label": f"omcp_py.sandbox-id={sid}"}
+            left += [c.name for c in docker_client.containers.list(all=True, filters=labels)]
+            assert left == [], left
     finally:
         site.shutdown()
     seen = json.loads(reach["output"])
