@@ -117,7 +117,14 @@ def refusal(answer: dict[str, Any], config: SandboxConfig, op: str) -> OmcpError
     fixes = {
         "outside": f"{WHERE}.",
         "link": f"Name the file itself. {WHERE}.",
-        "missing": "list_files shows what is there.",
+        "missing": (
+            # list_files shows a name that is not UTF-8 with U+FFFD: no path matches it.
+            "A name that list_files shows with \ufffd is not UTF-8 in the sandbox and "
+            "cannot be named here: rename it there first (execute_python_code, "
+            "os.rename with the bytes name from os.listdir(b'.'))."
+            if "\ufffd" in message
+            else "list_files shows what is there."
+        ),
         "directory": "Name a file; list_files shows what the directory holds.",
         "not_directory": (
             "download_file reads a file; list_files lists a directory."

@@ -341,3 +341,16 @@ def test_a_download_that_fits_no_form_is_refused() -> None:
 
     with pytest.raises(FileRefused, match=r"/sandbox/f is 900,000 bytes; as a result it would"):
         content.download(_got(b'"' * 900_000), limit=1 << 20)
+
+
+def test_a_name_that_was_not_utf8_gets_a_way_out() -> None:
+    from omcp_py.config import SandboxConfig
+    from omcp_py.files import refusal
+
+    config = SandboxConfig(_env_file=None)
+    shown = refusal(
+        {"error": "missing", "message": "/sandbox/\ufffd.bin does not exist"}, config, "get"
+    )
+    assert "is not UTF-8 in the sandbox" in str(shown) and "os.listdir(b'.')" in str(shown)
+    plain = refusal({"error": "missing", "message": "/sandbox/a.bin does not exist"}, config, "get")
+    assert str(plain).endswith("list_files shows what is there.")
