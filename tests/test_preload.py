@@ -123,3 +123,25 @@ async def test_runs_cannot_reach_into_the_zygote(sandbox_image: str, tmp_path: P
         await asyncio.sleep(3)  # the new zygote has imported numpy by now
         last = await server.run(sid, ZYGOTE + "print(len(found))")
         assert last["output"] == "1\n", last
+        # A run that takes every process the sandbox may have: when it ends the zygote
+        # cannot fork the next child yet; it stays, and the runs after answer.
+        zygote = await server.run(sid, ZYGOTE + "print(found)")
+        bomb = await server.run(
+            sid,
+            "import os, time\n"
+            "for _ in range(1000):\n"
+            "    try:\n"
+            "        if os.fork() == 0:\n"
+            "            time.sleep(60)\n"
+            "            os._exit(0)\n"
+            "    except OSError:\n"
+            "        print('at the limit')\n"
+            "        break\n",
+        )
+        # (Under gVisor forks cost memory first: the memory guard ends it instead.)
+        assert bomb["output"] == "at the limit\n" or "out of memory" in bomb["error"], bomb
+        for _ in range(2):
+            after = await server.run(
+                sid, ZYGOTE + "import sys\nprint(found, 'numpy' in sys.modules)"
+            )
+            assert after["output"] == zygote["output"].strip() + " True\n", after

@@ -55,7 +55,13 @@ class Child:
         # after it make this child stale when it preloads modules (loop.take_spare).
         self.stamp = zygote.stamp if self.from_zygote else packages_stamp()
         if self.pid is None:
-            self.pid = os.fork()
+            try:
+                self.pid = os.fork()
+            except OSError:  # the process limit: no pipe may stay open behind it
+                for fd in (ctl_r, status_w, out_w, err_w):
+                    os.close(fd)
+                self.close()
+                raise
             if self.pid == 0:
                 try:
                     child_main(ctl_r, status_w, out_w, err_w)

@@ -84,13 +84,16 @@ class Runner:
                 self.zygote = Zygote(child_main)
                 self.watched.add(self.zygote.pid)
             if self.zygote is None or self.zygote.ready:
-                self.spare = self.new_child()
+                try:
+                    self.spare = self.new_child()
+                except OSError:
+                    pass  # at the process limit (a run's leftovers): the next run forks
             # else: forked once the zygote says it is ready (loop)
 
     def new_child(self):
         zygote = self.zygote if self.zygote is not None and self.zygote.ready else None
         child = Child(zygote)
-        if zygote is not None and not child.from_zygote:
+        if zygote is not None and not zygote.answering:
             self.drop_zygote()  # a run stopped or ended it: a new one follows the run
         self.watched.add(child.pid)
         return child

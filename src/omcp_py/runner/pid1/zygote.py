@@ -59,6 +59,7 @@ class Zygote:
         ours.settimeout(FORK_SECONDS)
         self.sock = ours
         self.ready = False  # it says so once its imports are done
+        self.answering = True
 
     def take_ready(self):
         """Its socket is readable before it is ready: what it said (READY, NOTHING),
@@ -72,7 +73,9 @@ class Zygote:
 
     def fork(self, fds):
         """A new child that takes ``fds`` as its pipes; its pid, or None when the
-        zygote does not answer in time (it is gone, or a run stopped it)."""
+        zygote could not fork (the process limit: ``answering`` stays True) or does not
+        answer in time (it is gone, or a run stopped it: ``answering`` is False)."""
+        self.answering = False
         try:
             self.sock.sendmsg(
                 [b"f"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
@@ -85,6 +88,7 @@ class Zygote:
                 answer += data
         except OSError:
             return None
+        self.answering = True
         pid = PID.unpack(answer)[0]
         return pid if pid > 1 else None
 
@@ -131,16 +135,26 @@ def zygote_main(sock, child_main):
                 os.close(fd)
             sock.sendall(PID.pack(0))
             continue
-        middle = os.fork()
+        try:
+            middle = os.fork()
+        except OSError:
+            middle = -1  # at the process limit: it says so, and stays
         if middle == 0:
-            child = os.fork()
-            if child == 0:
-                sock.close()
-                start_child(received, child_main)
-            sock.sendall(PID.pack(child if child > 0 else 0))
+            try:
+                child = os.fork()
+            except OSError:
+                child = 0  # at the process limit: PID 1 hears at once, not after a wait
+            else:
+                if child == 0:
+                    sock.close()
+                    start_child(received, child_main)
+            sock.sendall(PID.pack(child))
             os._exit(0)
         for fd in received:
             os.close(fd)
+        if middle < 0:
+            sock.sendall(PID.pack(0))
+            continue
         try:
             os.waitpid(middle, 0)
         except ChildProcessError:
