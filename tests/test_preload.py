@@ -8,14 +8,13 @@ kills it costs the next runs time, never their answer or their freshness."""
 import asyncio
 from pathlib import Path
 
-from conftest import start_server, zip_wheel
+from conftest import readable_dir, start_server, zip_wheel
 
 SEEDED = "0.417022004702574"  # np.random.seed(1); np.random.rand()
 
 
 async def test_preloaded_runs_start_fresh(sandbox_image: str, tmp_path: Path) -> None:
-    house = tmp_path / "wheels"
-    house.mkdir(mode=0o755)
+    house = readable_dir(tmp_path / "wheels")
     name, data = zip_wheel("pandas", "99.0", {"pandas.py": "__version__ = '99.0'\n"})
     (house / name).write_bytes(data)
     (house / name).chmod(0o644)

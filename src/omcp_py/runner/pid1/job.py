@@ -50,10 +50,9 @@ class Child:
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.pid = zygote.fork([ctl_r, status_w, out_w, err_w]) if zygote else None
-        self.from_zygote = self.pid is not None
         # What the user site was when its modules were imported: packages installed
         # after it make this child stale when it preloads modules (loop.take_spare).
-        self.stamp = zygote.stamp if self.from_zygote else packages_stamp()
+        self.stamp = zygote.stamp if self.pid is not None else packages_stamp()
         if self.pid is None:
             try:
                 self.pid = os.fork()
