@@ -118,7 +118,12 @@ def server_params(
     env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[StdioServerParameters, str]:
     marker = uuid.uuid4().hex
-    full_env = {"LOG_LEVEL": "WARNING", MARKER_VAR: marker}
+    # The suite's installs share a cache of their own, never the user's.
+    full_env = {
+        "LOG_LEVEL": "WARNING",
+        MARKER_VAR: marker,
+        "PACKAGE_CACHE_VOLUME": "omcp-test-package-cache",
+    }
     # The engine, and the runtime the whole suite runs under (SANDBOX_RUNTIME=runsc
     # runs it again under gVisor), come from the test run's environment.
     for name in ("DOCKER_HOST", "SANDBOX_RUNTIME"):

@@ -22,6 +22,7 @@ from omcp_py.errors import ConfigError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+PYPI_SIMPLE = "https://pypi.org/simple/"
 
 
 def parse_size(value: object) -> int:
@@ -320,11 +321,31 @@ class SandboxConfig(BaseSettings):
             "install past it is stopped and undone."
         ),
     )
+    package_cache_size: Size = Field(
+        "2g",
+        ge=0,
+        description=(
+            "Most bytes the package cache may hold: files downloaded from the index, shared "
+            "by the installs of every sandbox, kept only when the index's sha256 confirms "
+            "them and checked again on each use; the least recently used go first. 0: no "
+            "cache."
+        ),
+    )
+    package_cache_volume: str = Field(
+        "omcp-package-cache",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description=(
+            "Docker volume that holds the package cache (`omcp_py cache clear` removes it)."
+        ),
+    )
     installer_cpus: float = Field(
-        1.0,
+        2.0,
         gt=0,
         le=64,
-        description="CPUs the installer container may use (pip unpacks and byte-compiles).",
+        description=(
+            "CPUs the installer container may use: pip unpacks, then it byte-compiles with a "
+            "process per CPU."
+        ),
     )
     installer_network: str = Field(
         "bridge",
@@ -366,53 +387,68 @@ class SandboxConfig(BaseSettings):
         return [entry.lower() for entry in _split_urls(self.sandbox_allowed_hosts or "")]
 
     @property
+    def index_urls(self) -> list[str]:
+        """The indexes installs use: PACKAGE_INDEX_URL (PyPI when unset), then the extras."""
+        return [self.package_index_url or PYPI_SIMPLE, *self.extra_index_urls]
+
+    @property
+    def uses_package_cache(self) -> bool:
+        """Installs share the package cache (not with a wheelhouse: nothing is fetched)."""
+        return self.package_cache_size > 0 and not self.package_wheelhouse
+
+    @property
     def extra_index_urls(self) -> list[str]:
         """PACKAGE_EXTRA_INDEX_URLS as a list."""
         return _split_urls(self.package_extra_index_urls or "")
 
     @model_validator(mode="after")
-    def _tmpfs_fits_in_memory(self) -> "SandboxConfig":
-        # tmpfs pages are charged to the sandbox's memory cgroup: if the mounts could
-        # hold more than half the memory, a full disk would look like an OOM kill.
-        total = (
-            self.sandbox_tmp_size
-            + self.sandbox_workdir_size
-            + self.sandbox_home_size
-            + self.sandbox_shm_size
-        )
-        if total > self.sandbox_memory // 2:
-            raise ValueError(
-                f"SANDBOX_TMP_SIZE + SANDBOX_WORKDIR_SIZE + SANDBOX_HOME_SIZE + SANDBOX_SHM_SIZE "
-                f"= {format_size(total)} must be at most half of "
-                f"SANDBOX_MEMORY={format_size(self.sandbox_memory)}"
-            )
-        if self.package_wheelhouse and (
-            self.package_index_url
-            or self.package_extra_index_urls
-            or self.package_proxy
-            or self.package_allowed_hosts
-        ):
-            raise ValueError(
-                "PACKAGE_WHEELHOUSE installs with no index and no network: unset "
-                "PACKAGE_INDEX_URL, PACKAGE_EXTRA_INDEX_URLS, PACKAGE_PROXY and "
-                "PACKAGE_ALLOWED_HOSTS, or the wheelhouse"
-            )
-        if self.image_budget > self.max_result_size - 64 * 1024:
-            raise ValueError(
-                f"IMAGE_BUDGET={format_size(self.image_budget)} must leave 64k of "
-                f"MAX_RESULT_SIZE={format_size(self.max_result_size)} for the rest of a result"
-            )
-        if self.execution_timeout > self.max_execution_timeout:
-            raise ValueError(
-                f"EXECUTION_TIMEOUT={self.execution_timeout} must not exceed "
-                f"MAX_EXECUTION_TIMEOUT={self.max_execution_timeout}"
-            )
+    def _consistent(self) -> "SandboxConfig":
+        _check_together(self)
         return self
 
     @property
     def effective_log_level(self) -> str:
         """The log level after DEBUG is applied."""
         return "DEBUG" if self.debug else self.log_level
+
+
+def _check_together(config: "SandboxConfig") -> None:
+    """Refuse settings that each pass but do not fit together."""
+    # tmpfs pages are charged to the sandbox's memory cgroup: if the mounts could
+    # hold more than half the memory, a full disk would look like an OOM kill.
+    total = (
+        config.sandbox_tmp_size
+        + config.sandbox_workdir_size
+        + config.sandbox_home_size
+        + config.sandbox_shm_size
+    )
+    if total > config.sandbox_memory // 2:
+        raise ValueError(
+            f"SANDBOX_TMP_SIZE + SANDBOX_WORKDIR_SIZE + SANDBOX_HOME_SIZE + SANDBOX_SHM_SIZE "
+            f"= {format_size(total)} must be at most half of "
+            f"SANDBOX_MEMORY={format_size(config.sandbox_memory)}"
+        )
+    if config.package_wheelhouse and (
+        config.package_index_url
+        or config.package_extra_index_urls
+        or config.package_proxy
+        or config.package_allowed_hosts
+    ):
+        raise ValueError(
+            "PACKAGE_WHEELHOUSE installs with no index and no network: unset "
+            "PACKAGE_INDEX_URL, PACKAGE_EXTRA_INDEX_URLS, PACKAGE_PROXY and "
+            "PACKAGE_ALLOWED_HOSTS, or the wheelhouse"
+        )
+    if config.image_budget > config.max_result_size - 64 * 1024:
+        raise ValueError(
+            f"IMAGE_BUDGET={format_size(config.image_budget)} must leave 64k of "
+            f"MAX_RESULT_SIZE={format_size(config.max_result_size)} for the rest of a result"
+        )
+    if config.execution_timeout > config.max_execution_timeout:
+        raise ValueError(
+            f"EXECUTION_TIMEOUT={config.execution_timeout} must not exceed "
+            f"MAX_EXECUTION_TIMEOUT={config.max_execution_timeout}"
+        )
 
 
 def load_config() -> SandboxConfig:

@@ -4,6 +4,7 @@ Every isolation option lives here so it can be read (and unit-tested) at once.
 The behaviour each option promises is tested from inside a real container.
 """
 
+import math
 from typing import Any
 
 from omcp_py.config import SandboxConfig
@@ -29,6 +30,8 @@ WHEELHOUSE_DIR = "/opt/omcp/wheelhouse"
 CA_BUNDLE = "/etc/omcp/ca-bundle.crt"
 _NO_NAME_SERVER = "192.0.2.1"  # TEST-NET-1 (RFC 5737): never routed
 _INSTALL_TARGET = "/opt/omcp/target"
+# The shared package cache: read-only in installers, written by the keeper alone.
+CACHE_DIR = "/opt/omcp/cache"
 
 
 def python_command(program: str, *args: str) -> list[str]:
@@ -230,9 +233,59 @@ def installer_run_kwargs(
     from docker.types import Mount
 
     mounts = [Mount(_INSTALL_TARGET, volume, type="volume", no_copy=True)]
-    limit = str(config.packages_disk_limit)
-    command = python_command(source("sandbox_install.py"), _INSTALL_TARGET, limit, *pip_args)
+    cache = ""
+    if config.uses_package_cache:
+        mounts.append(_cache_mount(config, read_only=True))
+        cache = CACHE_DIR
+    command = python_command(
+        source("sandbox_install.py"),
+        _INSTALL_TARGET,
+        str(config.packages_disk_limit),
+        cache,
+        str(math.ceil(config.installer_cpus)),
+        source("pip_driver.py"),
+        *pip_args,
+    )
     return _installer(config, labels, command, mounts, network=network)
+
+
+def _cache_mount(config: SandboxConfig, *, read_only: bool) -> Any:
+    from docker.types import Mount
+
+    return Mount(CACHE_DIR, config.package_cache_volume, type="volume", read_only=read_only)
+
+
+def cache_keeper_kwargs(
+    config: SandboxConfig, labels: dict[str, str], volume: str, *, network: str, proxy: str
+) -> dict[str, Any]:
+    """Run arguments of the package cache's keeper after an install into ``volume``:
+    the installer's hardening and egress filter, the cache read-write, running only
+    runner/cache_keeper.py (no pip, no package code)."""
+    import json
+
+    from docker.types import Mount
+
+    from omcp_py.runner.sandbox_install import STAGE
+
+    mounts = [
+        Mount(_INSTALL_TARGET, volume, type="volume", no_copy=True),
+        _cache_mount(config, read_only=False),
+    ]
+    command = python_command(
+        source("cache_keeper.py"),
+        CACHE_DIR,
+        f"{_INSTALL_TARGET}/{STAGE}",
+        str(config.package_cache_size),
+        json.dumps(config.index_urls),
+        proxy,
+    )
+    return _installer(config, labels, command, mounts, network=network)
+
+
+def cache_owner_kwargs(config: SandboxConfig, labels: dict[str, str]) -> dict[str, Any]:
+    """Run arguments that give the cache volume to the keeper's user (as
+    :func:`volume_owner_kwargs` does a package volume)."""
+    return volume_owner_kwargs(config, labels, config.package_cache_volume)
 
 
 def index_probe_kwargs(

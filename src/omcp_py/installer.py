@@ -22,7 +22,13 @@ from omcp_py.config import SandboxConfig
 from omcp_py.egress import EgressFilter
 from omcp_py.engine import CONFLICT, MISSING, read_timed_out, refusal
 from omcp_py.errors import EngineError
-from omcp_py.hardening import index_probe_kwargs, installer_run_kwargs, volume_owner_kwargs
+from omcp_py.hardening import (
+    cache_keeper_kwargs,
+    cache_owner_kwargs,
+    index_probe_kwargs,
+    installer_run_kwargs,
+    volume_owner_kwargs,
+)
 from omcp_py.packages import pip_arguments
 from omcp_py.runner.sandbox_install import MARKER
 
@@ -50,10 +56,14 @@ class RawInstall:
     prepared: bool = False  # the volume belongs to the sandbox user now
     egress: list[str] = field(default_factory=list)  # the filter's refusals of it
     disk_exceeded: int = 0  # bytes on the volume when PACKAGES_DISK_LIMIT stopped it
+    cache: dict[str, int] = field(default_factory=dict)  # files: hit, refused, new, stored
 
 
 class Installer:
     """Runs installer containers for the sandboxes of one server."""
+
+    # The cache volume is given to the keeper's user once per server process.
+    cache_prepared = False
 
     def __init__(self, client: Any, config: SandboxConfig) -> None:
         """Args:
@@ -126,7 +136,7 @@ class Installer:
         network = egress.network if egress else None
         kwargs = installer_run_kwargs(self.config, labels, volume, pip_args, network=network)
         code, output, state = self._run_to_end(kwargs, remaining, wanted, report, stop)
-        log_text, installed, disk_exceeded = output, [], 0
+        log_text, installed, disk_exceeded, cache = output, [], 0, {}
         if MARKER in output:
             log_text, _, trailer = output.rpartition(MARKER)
             try:
@@ -134,9 +144,14 @@ class Installer:
                 installed = [str(item) for item in result["installed"]]
                 code = int(result["exit_code"])
                 disk_exceeded = max(0, int(result.get("disk_exceeded") or 0))
-            except (ValueError, KeyError, TypeError):
+                cache = {str(k): int(v) for k, v in (result.get("cache") or {}).items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
                 log_text = output
         address = str(state.get("address") or "")
+        if egress and cache.get("new") and not disk_exceeded:
+            remaining = max(1.0, timeout - (time.monotonic() - started))
+            cache["stored"], said = self._keep(volume, labels, egress, remaining, report, stop)
+            log_text = log_text.rstrip("\n") + "\n" + said
         return RawInstall(
             exit_code=code,
             log=log_text.strip("\n"),
@@ -149,7 +164,45 @@ class Installer:
             cancelled=bool(state.get("cancelled")),
             duration_ms=round((time.monotonic() - started) * 1000, 3),
             prepared=True,
+            cache=cache,
         )
+
+    def _keep(
+        self,
+        volume: str,
+        labels: dict[str, str],
+        egress: EgressFilter,
+        timeout: float,
+        report: Callable[[], None],
+        stop: Stop,
+    ) -> tuple[int, str]:
+        """Run the cache keeper on what the install staged: (files stored, a log line).
+
+        The install has succeeded or failed by now: a keeper that fails costs only the
+        cache's chance to hold these files.
+        """
+        if not Installer.cache_prepared:
+            code, output, _ = self._run_to_end(
+                cache_owner_kwargs(self.config, labels), timeout, lambda: True, report, stop
+            )
+            if code != 0:
+                return 0, f"omcp_py package cache: not prepared (exit {code}): {output[-200:]}"
+            Installer.cache_prepared = True
+        kwargs = cache_keeper_kwargs(
+            self.config, labels, volume, network=egress.network, proxy=egress.proxy()
+        )
+        code, output, _ = self._run_to_end(kwargs, timeout, lambda: True, report, stop)
+        try:
+            said = json.loads(output.strip().splitlines()[-1])
+            stored, refused = int(said["stored"]), [str(r)[:300] for r in said["refused"]][:20]
+        except (ValueError, KeyError, TypeError, IndexError):
+            log.warning("the package cache's keeper failed (exit %s): %s", code, output[-500:])
+            Installer.cache_prepared = False  # e.g. the volume was removed: give it again
+            return 0, f"omcp_py package cache: nothing stored (the keeper failed, exit {code})"
+        line = f"omcp_py package cache: stored {stored} file(s)"
+        if refused:
+            line += "; refused " + "; ".join(refused)
+        return stored, line
 
     def reach_index(
         self,

@@ -138,6 +138,8 @@ def pip_arguments(
         "--no-cache-dir",
         "--progress-bar=off",
         "--no-warn-script-location",
+        # The installer's pip_driver.py compiles afterwards, on every CPU it has.
+        "--no-compile",
         # pip's default (5 retries, 15 s each) turns an unreachable index into minutes.
         "--retries=2",
         "--timeout=20",

@@ -15,14 +15,14 @@ def _install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary, writ
     target.mkdir()
     (target / "kept.py").write_bytes(b"x" * 1000)
 
-    def pip(args, tmp, where, limit):
+    def pip(args, tmp, where, limit, command):
         # Done before the watch's first look: only the measure after pip can see it.
         (Path(where) / "big.bin").write_bytes(b"y" * writes)
         return 0, 0
 
     monkeypatch.setattr(sandbox_install, "run_pip", pip)
     monkeypatch.setenv("PYTHONUSERBASE", str(target))
-    monkeypatch.setattr(sys, "argv", ["-c", str(target), str(64 * 1024)])
+    monkeypatch.setattr(sys, "argv", ["-c", str(target), str(64 * 1024), "", "1", "driver"])
     sandbox_install.main()
     trailer = capsysbinary.readouterr().out.decode().rpartition(sandbox_install.MARKER)[2]
     return target, json.loads(trailer)

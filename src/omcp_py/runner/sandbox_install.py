@@ -1,5 +1,6 @@
 # Runs pip in an installer container (never in a sandbox). Stdlib only, Python 3.8+;
-# started as `python3 -I -c SOURCE TARGET LIMIT PIP_ARGS...` by the engine, as the
+# started as `python3 -I -c SOURCE TARGET LIMIT CACHE WORKERS DRIVER PIP_ARGS...` by the
+# engine, as the
 # sandbox user, with the sandbox's package volume mounted read-write at TARGET, which
 # is also PYTHONUSERBASE: `pip install --user` writes there, and sees (so does not
 # fetch again, and upgrades or downgrades properly) what earlier installs put there.
@@ -9,6 +10,11 @@
 # rewrites a file in place, it unlinks first); past the limit pip is killed and the
 # volume put back from that tree. A tree left by an installer killed from outside (a
 # timeout) is put back by the next install first.
+#
+# DRIVER is the source of runner/pip_driver.py, which runs pip with the package cache
+# mounted (read-only) at CACHE ('': no cache) and byte-compiles with WORKERS processes.
+# What it offers the cache keeper waits in STAGE on the volume (within the limit) until
+# the keeper (or the next install) takes it away.
 #
 # stdout: pip's output (its head, then a rolling tail: bounded whatever pip prints),
 # then one line `MARKER {json}` with pip's exit code and the distributions now there.
@@ -27,6 +33,7 @@ HEAD = 16 * 1024
 TAIL = 48 * 1024
 BEFORE = ".omcp-before"  # the volume as it was, in hard links
 TMP = ".omcp-tmp"
+STAGE = ".omcp-stage"  # see runner/pip_driver.py
 WATCH_SECONDS = 0.5
 
 
@@ -61,7 +68,7 @@ def snapshot(target):
     before = os.path.join(target, BEFORE)
     os.makedirs(before)
     for entry in os.listdir(target):
-        if entry in (BEFORE, TMP):
+        if entry in (BEFORE, TMP, STAGE):
             continue
         source, kept = os.path.join(target, entry), os.path.join(before, entry)
         if os.path.isdir(source) and not os.path.islink(source):
@@ -108,10 +115,36 @@ class Watch:
             time.sleep(WATCH_SECONDS)
 
 
-def run_pip(pip_args, tmp, target, limit):
+def pip_command(cache, workers, driver, target):
+    stage = os.path.join(target, STAGE)
+    if cache:
+        os.makedirs(stage)
+    return [sys.executable, "-c", driver, cache, stage, workers]
+
+
+def cache_report(target):
+    """How many files came from the cache, were refused there, or wait to be stored."""
+    found = {"hit": 0, "refused": 0, "new": 0}
+    try:
+        with open(os.path.join(target, STAGE, "records.jsonl"), "rb") as f:
+            lines = f.read(1024 * 1024).splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        for key in found:
+            if isinstance(entry, dict) and key in entry:
+                found[key] += 1
+    return found
+
+
+def run_pip(pip_args, tmp, target, limit, command):
     # pip downloads and unpacks under TMPDIR: on the volume, not in memory (tmpfs).
     env = dict(os.environ, TMPDIR=tmp)
-    command = [sys.executable, "-m", "pip", "install", "--user"] + pip_args
+    command = command + ["install", "--user"] + pip_args
     proc = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
@@ -180,15 +213,18 @@ def distributions():
 
 def main():
     target, limit = sys.argv[1], int(sys.argv[2])
+    cache, workers, driver = sys.argv[3], sys.argv[4], sys.argv[5]
     tmp = os.path.join(target, TMP)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an installer that was killed
+    for left in (TMP, STAGE):  # left by an installer that was killed
+        shutil.rmtree(os.path.join(target, left), ignore_errors=True)
     if os.path.isdir(os.path.join(target, BEFORE)):
         restore(target)  # that installer's half-done work goes too
     snapshot(target)
     os.makedirs(tmp)
     exceeded = 0
     try:
-        code, exceeded = run_pip(sys.argv[3:], tmp, target, limit)
+        command = pip_command(cache, workers, driver, target)
+        code, exceeded = run_pip(sys.argv[6:], tmp, target, limit, command)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if limit and not exceeded:
@@ -200,7 +236,7 @@ def main():
         restore(target)
     else:
         shutil.rmtree(os.path.join(target, BEFORE), ignore_errors=True)
-    result = {"exit_code": code, "installed": distributions()}
+    result = {"exit_code": code, "installed": distributions(), "cache": cache_report(target)}
     if exceeded:
         result["disk_exceeded"] = exceeded
     write(("\n%s %s\n" % (MARKER, json.dumps(result))).encode())
