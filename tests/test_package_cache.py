@@ -12,6 +12,9 @@ import hashlib
 import http.server
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import threading
 import uuid
@@ -229,3 +232,14 @@ async def test_files_that_package_code_forges_never_enter_the_cache(
     sdist = hashlib.sha256(_sdist(_claims(url))).hexdigest()
     assert _in_cache(docker_client, cache_volume) == {sdist: sdist}
     assert ".omcp-stage" not in listing["output"]  # the keeper took the stage away
+
+
+def test_the_cache_is_removed_on_request(cache_volume: str, docker_client) -> None:
+    docker_client.volumes.create(cache_volume)
+    command = [sys.executable, "-m", "omcp_py", "cache", "clear"]
+    env = {**os.environ, "PACKAGE_CACHE_VOLUME": cache_volume}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "removed the package cache" in done.stdout, done
+    assert cache_volume not in [v.name for v in docker_client.volumes.list()]
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "does not exist" in again.stdout, again

@@ -55,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="CA certificate (PEM) pip trusts during the build, for TLS-intercepting proxies",
     )
+    cache = commands.add_parser(
+        "cache",
+        help="remove the package cache",
+        description="The package cache: files downloaded from the index, shared by the "
+        "installs of every sandbox (PACKAGE_CACHE_SIZE, PACKAGE_CACHE_VOLUME).",
+    )
+    cache_commands = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    cache_commands.add_parser(
+        "clear",
+        help="remove the cache volume (the next install fetches from the index again)",
+        description="Remove PACKAGE_CACHE_VOLUME from the engine.",
+    )
     bundle = commands.add_parser(
         "bundle",
         help="pack an MCP Bundle (.mcpb) for one-click install in Claude Desktop",
@@ -90,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         raise SystemExit(_to_terminal(build, args.checkout, args.out))
+    elif args.command == "cache":
+        raise SystemExit(_to_terminal(_clear_cache))
     elif args.command == "image":
         raise SystemExit(_to_terminal(_build_image, args.tag, args.base_image, args.ca_cert))
 
@@ -123,4 +137,36 @@ def _build_image(tag: str, base_image: str | None, ca_cert: Path | None) -> int:
         print(f"omcp_py: {exc}", file=sys.stderr)
         return 1
     print(f"built {tag}: set DOCKER_IMAGE={tag} to use it")
+    return 0
+
+
+def _clear_cache() -> int:
+    import docker
+
+    from omcp_py.config import load_config
+    from omcp_py.engine import CONFLICT, MISSING, Engine, refusal
+    from omcp_py.errors import OmcpError
+
+    try:
+        config = load_config()
+        engine = Engine(config.sandbox_base_url, timeout=config.docker_timeout)
+        with engine.errors():
+            try:
+                engine.client().api.remove_volume(config.package_cache_volume)
+            except docker.errors.APIError as exc:
+                if refusal(exc) == MISSING:
+                    print(f"no package cache: volume {config.package_cache_volume} does not exist")
+                    return 0
+                if refusal(exc) != CONFLICT:
+                    raise
+                print(
+                    f"omcp_py: volume {config.package_cache_volume} is in use by an install "
+                    f"right now: run this again when it has finished",
+                    file=sys.stderr,
+                )
+                return 1
+    except OmcpError as exc:
+        print(f"omcp_py: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed the package cache (volume {config.package_cache_volume})")
     return 0
