@@ -67,13 +67,17 @@ async def main() -> None:
     image = os.environ.get("DOCKER_IMAGE", "python:3.11-slim")
     volume = f"omcp-bench-cache-{uuid.uuid4().hex[:8]}"
     rows: list[tuple[str, float]] = []
+    # The servers reach the index as a user's would: through this CA bundle, if any.
+    reach = {
+        k: os.environ[k] for k in ("PACKAGE_CA_BUNDLE", "PACKAGE_INDEX_URL") if k in os.environ
+    }
     floor = await anyio.to_thread.run_sync(plain_docker, args.package, image)
     rows.append(("plain docker SDK: pip install in a bridge container", floor))
-    env = {"PACKAGE_CACHE_SIZE": "0", "INSTALLER_CPUS": "1", "SANDBOX_POOL_SIZE": "0"}
+    env = {**reach, "PACKAGE_CACHE_SIZE": "0", "INSTALLER_CPUS": "1", "SANDBOX_POOL_SIZE": "0"}
     async with omcp(env) as client:
         before = [await install_once(client, args.package) for _ in range(args.runs)]
     rows.append(("omcp_py, no cache, INSTALLER_CPUS=1 (before)", statistics.median(before)))
-    env = {"PACKAGE_CACHE_VOLUME": volume, "SANDBOX_POOL_SIZE": "0"}
+    env = {**reach, "PACKAGE_CACHE_VOLUME": volume, "SANDBOX_POOL_SIZE": "0"}
     try:
         async with omcp(env) as client:
             first = await install_once(client, args.package)
