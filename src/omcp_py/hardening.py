@@ -256,11 +256,18 @@ def _cache_mount(config: SandboxConfig, *, read_only: bool) -> Any:
 
 
 def cache_keeper_kwargs(
-    config: SandboxConfig, labels: dict[str, str], volume: str, *, network: str, proxy: str
+    config: SandboxConfig,
+    labels: dict[str, str],
+    volume: str,
+    *,
+    network: str,
+    proxy: str,
+    used: list[str],
 ) -> dict[str, Any]:
     """Run arguments of the package cache's keeper after an install into ``volume``:
     the installer's hardening and egress filter, the cache read-write, running only
-    runner/cache_keeper.py (no pip, no package code)."""
+    runner/cache_keeper.py (no pip, no package code). ``used``: entries installs took
+    since the last keeper ran (their sha256)."""
     import json
 
     from docker.types import Mount
@@ -278,6 +285,7 @@ def cache_keeper_kwargs(
         str(config.package_cache_size),
         json.dumps(config.index_urls),
         proxy,
+        json.dumps(used),
     )
     return _installer(config, labels, command, mounts, network=network)
 

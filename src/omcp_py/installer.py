@@ -11,6 +11,8 @@ Blocking (Docker calls): call it from a worker thread.
 import contextlib
 import json
 import logging
+import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +32,7 @@ from omcp_py.hardening import (
     volume_owner_kwargs,
 )
 from omcp_py.packages import pip_arguments
-from omcp_py.runner.sandbox_install import MARKER
+from omcp_py.runner.sandbox_install import MARKER, USED_REPORTED
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +58,34 @@ class RawInstall:
     prepared: bool = False  # the volume belongs to the sandbox user now
     egress: list[str] = field(default_factory=list)  # the filter's refusals of it
     disk_exceeded: int = 0  # bytes on the volume when PACKAGES_DISK_LIMIT stopped it
-    cache: dict[str, int] = field(default_factory=dict)  # files: hit, refused, new, stored
+
+
+class _CacheState:
+    """What this server process knows of the package cache between installs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.prepared = False  # the volume was given to the keeper's user
+        # Entries installs took since the keeper last ran: it orders eviction by them
+        # (installers cannot write the cache, so they cannot mark a use themselves).
+        self.used: set[str] = set()
+
+    def note_used(self, digests: object) -> None:
+        if not isinstance(digests, list):
+            return
+        with self.lock:
+            for digest in digests:
+                fits = len(self.used) < USED_REPORTED
+                if fits and isinstance(digest, str) and _SHA256.fullmatch(digest):
+                    self.used.add(digest)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CACHE = _CacheState()
 
 
 class Installer:
     """Runs installer containers for the sandboxes of one server."""
-
-    # The cache volume is given to the keeper's user once per server process.
-    cache_prepared = False
 
     def __init__(self, client: Any, config: SandboxConfig) -> None:
         """Args:
@@ -145,12 +167,13 @@ class Installer:
                 code = int(result["exit_code"])
                 disk_exceeded = max(0, int(result.get("disk_exceeded") or 0))
                 cache = {str(k): int(v) for k, v in (result.get("cache") or {}).items()}
+                _CACHE.note_used(result.get("cache_used"))
             except (ValueError, KeyError, TypeError, AttributeError):
                 log_text = output
         address = str(state.get("address") or "")
         if egress and cache.get("new") and not disk_exceeded:
             remaining = max(1.0, timeout - (time.monotonic() - started))
-            cache["stored"], said = self._keep(volume, labels, egress, remaining, report, stop)
+            said = self._keep(volume, labels, egress, remaining, report, stop)
             log_text = log_text.rstrip("\n") + "\n" + said
         return RawInstall(
             exit_code=code,
@@ -164,7 +187,6 @@ class Installer:
             cancelled=bool(state.get("cancelled")),
             duration_ms=round((time.monotonic() - started) * 1000, 3),
             prepared=True,
-            cache=cache,
         )
 
     def _keep(
@@ -175,21 +197,23 @@ class Installer:
         timeout: float,
         report: Callable[[], None],
         stop: Stop,
-    ) -> tuple[int, str]:
-        """Run the cache keeper on what the install staged: (files stored, a log line).
+    ) -> str:
+        """Run the cache keeper on what the install staged; a line for the log.
 
         The install has succeeded or failed by now: a keeper that fails costs only the
         cache's chance to hold these files.
         """
-        if not Installer.cache_prepared:
+        if not _CACHE.prepared:
             code, output, _ = self._run_to_end(
                 cache_owner_kwargs(self.config, labels), timeout, lambda: True, report, stop
             )
             if code != 0:
-                return 0, f"omcp_py package cache: not prepared (exit {code}): {output[-200:]}"
-            Installer.cache_prepared = True
+                return f"omcp_py package cache: not prepared (exit {code}): {output[-200:]}"
+            _CACHE.prepared = True
+        with _CACHE.lock:
+            used = sorted(_CACHE.used)
         kwargs = cache_keeper_kwargs(
-            self.config, labels, volume, network=egress.network, proxy=egress.proxy()
+            self.config, labels, volume, network=egress.network, proxy=egress.proxy(), used=used
         )
         code, output, _ = self._run_to_end(kwargs, timeout, lambda: True, report, stop)
         try:
@@ -197,12 +221,14 @@ class Installer:
             stored, refused = int(said["stored"]), [str(r)[:300] for r in said["refused"]][:20]
         except (ValueError, KeyError, TypeError, IndexError):
             log.warning("the package cache's keeper failed (exit %s): %s", code, output[-500:])
-            Installer.cache_prepared = False  # e.g. the volume was removed: give it again
-            return 0, f"omcp_py package cache: nothing stored (the keeper failed, exit {code})"
+            _CACHE.prepared = False  # e.g. the volume was removed: give it again
+            return f"omcp_py package cache: nothing stored (the keeper failed, exit {code})"
+        with _CACHE.lock:
+            _CACHE.used.difference_update(used)
         line = f"omcp_py package cache: stored {stored} file(s)"
         if refused:
             line += "; refused " + "; ".join(refused)
-        return stored, line
+        return line
 
     def reach_index(
         self,

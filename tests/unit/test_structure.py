@@ -102,3 +102,10 @@ def test_tests_share_helpers_only_through_conftest() -> None:
             if module == "conftest":
                 missing = set(names) - defined
                 assert not missing, f"{path.name} imports {missing} that conftest lacks"
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    # The tests are imported by their base name (rootdir, no packages): a second
+    # test_x.py in another folder stops the whole collection in CI.
+    names = [p.name for p in (PACKAGE.parents[1] / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

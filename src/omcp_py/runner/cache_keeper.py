@@ -1,6 +1,6 @@
 # The package cache's keeper: the only writer of the shared cache volume. Stdlib only,
 # Python 3.8+; run after an install as `python3 -I -c SOURCE CACHE STAGE SIZE INDEXES
-# PROXY` in a container of its own (the installer's hardening and egress filter, no
+# PROXY USED` in a container of its own (the installer's hardening and egress filter, no
 # package code, no pip), with the cache volume read-write at CACHE and the sandbox's
 # package volume at its parent of STAGE.
 #
@@ -8,8 +8,9 @@
 # file there is hostile. A staged file is stored as CACHE/sha256/<hex> only when the
 # index's own listing page (fetched here, from an index URL of the server's
 # settings, never a URL from STAGE) names a file of that name with that sha256, and
-# the file hashes to it. Then the oldest entries go until the cache holds at most
-# SIZE bytes, and STAGE goes.
+# the file hashes to it. Then the entries least recently stored or used (USED: those
+# installs took since the last keeper, as the server heard it) go until the cache
+# holds at most SIZE bytes, and STAGE goes.
 #
 # stdout: one line of JSON: {"stored", "refused", "evicted", "bytes", "files"}.
 import fcntl
@@ -170,6 +171,9 @@ def main():
     indexes, opener = json.loads(sys.argv[4]), opener_for(sys.argv[5])
     os.makedirs(os.path.join(cache, "sha256"), exist_ok=True)
     new, used = read_records(stage)
+    if len(sys.argv) > 6:
+        told = json.loads(sys.argv[6])
+        used |= {d for d in told if isinstance(d, str) and HEX.fullmatch(d)}
     pages = {}
     for digest, (filename, page) in new.items():
         page = index_page(page, indexes)

@@ -34,6 +34,7 @@ TAIL = 48 * 1024
 BEFORE = ".omcp-before"  # the volume as it was, in hard links
 TMP = ".omcp-tmp"
 STAGE = ".omcp-stage"  # see runner/pip_driver.py
+USED_REPORTED = 1000
 WATCH_SECONDS = 0.5
 
 
@@ -123,13 +124,14 @@ def pip_command(cache, workers, driver, target):
 
 
 def cache_report(target):
-    """How many files came from the cache, were refused there, or wait to be stored."""
-    found = {"hit": 0, "refused": 0, "new": 0}
+    """How many files came from the cache, were refused there, or wait to be stored;
+    and the cache entries used (for the keeper's least-recently-used order)."""
+    found, used = {"hit": 0, "refused": 0, "new": 0}, []
     try:
         with open(os.path.join(target, STAGE, "records.jsonl"), "rb") as f:
             lines = f.read(1024 * 1024).splitlines()
     except OSError:
-        return found
+        return found, used
     for line in lines:
         try:
             entry = json.loads(line)
@@ -138,7 +140,9 @@ def cache_report(target):
         for key in found:
             if isinstance(entry, dict) and key in entry:
                 found[key] += 1
-    return found
+                if key == "hit" and len(used) < USED_REPORTED:
+                    used.append(entry[key])
+    return found, used
 
 
 def run_pip(pip_args, tmp, target, limit, command):
@@ -236,7 +240,9 @@ def main():
         restore(target)
     else:
         shutil.rmtree(os.path.join(target, BEFORE), ignore_errors=True)
-    result = {"exit_code": code, "installed": distributions(), "cache": cache_report(target)}
+    counts, used = cache_report(target)
+    result = {"exit_code": code, "installed": distributions(), "cache": counts}
+    result["cache_used"] = used
     if exceeded:
         result["disk_exceeded"] = exceeded
     write(("\n%s %s\n" % (MARKER, json.dumps(result))).encode())

@@ -230,3 +230,23 @@ def test_the_keeper_stores_what_the_index_lists_and_refuses_the_rest(tmp_path, c
         "x-1.0.tar.gz: not from a project page of the index",
     ]
     assert not stage.exists()
+
+
+def test_entries_the_server_saw_used_outlive_older_unused_ones(tmp_path, capsys) -> None:
+    """Installers cannot write the cache: the uses they report reach the keeper through
+    the server, which passes them on (USED); eviction then spares those entries."""
+    folder = tmp_path / "cache" / "sha256"
+    folder.mkdir(parents=True)
+    used, unused = "a" * 64, "b" * 64
+    for name in (used, unused):
+        (folder / name).write_bytes(b"x" * 100)
+        os.utime(folder / name, (1000, 1000))
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    argv = ["-c", str(tmp_path / "cache"), str(stage), "150", "[]", "", json.dumps([used, "../x"])]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", argv)
+        cache_keeper.main()
+    said = json.loads(capsys.readouterr().out)
+    assert (said["evicted"], said["files"]) == (1, 1)
+    assert [p.name for p in folder.iterdir()] == [used]
