@@ -33,6 +33,12 @@ from bench import omcp
 TARGET = 0.25  # the second install, as a share of the first
 
 
+def index_settings() -> dict[str, str]:
+    """The servers reach the index as a user's would: through this CA bundle, if any."""
+    names = ("PACKAGE_CA_BUNDLE", "PACKAGE_INDEX_URL")
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
 async def install_once(client, package: str) -> float:
     sid = await client.create()
     started = time.perf_counter()
@@ -67,10 +73,7 @@ async def main() -> None:
     image = os.environ.get("DOCKER_IMAGE", "python:3.11-slim")
     volume = f"omcp-bench-cache-{uuid.uuid4().hex[:8]}"
     rows: list[tuple[str, float]] = []
-    # The servers reach the index as a user's would: through this CA bundle, if any.
-    reach = {
-        k: os.environ[k] for k in ("PACKAGE_CA_BUNDLE", "PACKAGE_INDEX_URL") if k in os.environ
-    }
+    reach = index_settings()
     floor = await anyio.to_thread.run_sync(plain_docker, args.package, image)
     rows.append(("plain docker SDK: pip install in a bridge container", floor))
     env = {**reach, "PACKAGE_CACHE_SIZE": "0", "INSTALLER_CPUS": "1", "SANDBOX_POOL_SIZE": "0"}
