@@ -26,9 +26,36 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omcp_py", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"omcp_py {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser(
-        "serve", help="serve MCP over stdio (the default)", description="Serve MCP over stdio."
+    serve = commands.add_parser(
+        "serve",
+        help="serve MCP over stdio (the default), or over HTTP with --http",
+        description="Serve MCP over stdio, or over streamable HTTP at http://HOST:PORT/mcp "
+        "with --http (loopback only, unless AUTH_TOKENS_FILE is set).",
     )
+    serve.add_argument("--http", action="store_true", help="serve streamable HTTP")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients use to reach the server (checked against the Host header; "
+        "loopback names always pass); repeatable",
+    )
+    token = commands.add_parser(
+        "token",
+        help="make a bearer token for `serve --http`",
+        description="Bearer tokens of AUTH_TOKENS_FILE, one 'name:sha256' a line.",
+    )
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    new = token_commands.add_parser(
+        "new",
+        help="print a new token for NAME and add its line to AUTH_TOKENS_FILE",
+        description="Print a new token for principal NAME (shown once: give it to that "
+        "person's client) and append its hash to AUTH_TOKENS_FILE (or print the line).",
+    )
+    new.add_argument("name", help="the principal: letters, digits, '.', '_', '@', '-'")
     commands.add_parser(
         "doctor",
         help="check Python, the Docker engine, the image and a real sandbox; print the "
@@ -89,10 +116,16 @@ def main(argv: list[str] | None = None) -> None:
         argv: the arguments (default: the command line).
     """
     args = _parser().parse_args(argv)
-    if args.command in (None, "serve"):
+    if args.command == "serve" and args.http:
+        from omcp_py.http_server import run_http
+
+        run_http(args.host, args.port, args.allowed_host)
+    elif args.command in (None, "serve"):
         from omcp_py.main import run_stdio
 
         run_stdio()
+    elif args.command == "token":
+        raise SystemExit(_to_terminal(_new_token, args.name))
     elif args.command == "doctor":
         from omcp_py.doctor import run_doctor
 
@@ -169,4 +202,30 @@ def _clear_cache() -> int:
         print(f"omcp_py: {exc}", file=sys.stderr)
         return 1
     print(f"removed the package cache (volume {config.package_cache_volume})")
+    return 0
+
+
+def _new_token(name: str) -> int:
+    from omcp_py.auth import PRINCIPAL, new_token, token_hash
+    from omcp_py.config import load_config
+    from omcp_py.errors import OmcpError
+
+    if not PRINCIPAL.fullmatch(name):
+        print(f"omcp_py: {name!r} is not a principal name: {PRINCIPAL.pattern}", file=sys.stderr)
+        return 2
+    try:
+        path = load_config().auth_tokens_file
+    except OmcpError as exc:
+        print(f"omcp_py: {exc}", file=sys.stderr)
+        return 1
+    token = new_token()
+    line = f"{name}:{token_hash(token)}"
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(line + "\n")
+        print(f"added {name} to {path}; the token (shown once):", file=sys.stderr)
+    else:
+        print(f"AUTH_TOKENS_FILE is not set: add this line to it: {line}", file=sys.stderr)
+    print(token)
     return 0

@@ -334,9 +334,7 @@ class SandboxConfig(BaseSettings):
     package_cache_volume: str = Field(
         "omcp-package-cache",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
-        description=(
-            "Docker volume that holds the package cache (`omcp_py cache clear` removes it)."
-        ),
+        description="Docker volume of the package cache (`omcp_py cache clear` removes it).",
     )
     installer_cpus: float = Field(
         2.0,
@@ -346,6 +344,20 @@ class SandboxConfig(BaseSettings):
             "CPUs the installer container may use: pip unpacks, then it byte-compiles with a "
             "process per CPU."
         ),
+    )
+    auth_tokens_file: str | None = Field(
+        None,
+        description=(
+            "For `omcp_py serve --http`: a file of bearer tokens, one 'name:sha256-of-token' "
+            "a line (`omcp_py token new NAME` makes one), read again when it changes; each "
+            "name is a principal who sees only the sandboxes it created."
+        ),
+    )
+    max_sandboxes_per_principal: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Most sandboxes one principal may hold, within MAX_SANDBOXES.",
     )
     installer_network: str = Field(
         "bridge",
@@ -387,16 +399,6 @@ class SandboxConfig(BaseSettings):
         return [entry.lower() for entry in _split_urls(self.sandbox_allowed_hosts or "")]
 
     @property
-    def index_urls(self) -> list[str]:
-        """The indexes installs use: PACKAGE_INDEX_URL (PyPI when unset), then the extras."""
-        return [self.package_index_url or PYPI_SIMPLE, *self.extra_index_urls]
-
-    @property
-    def uses_package_cache(self) -> bool:
-        """Installs share the package cache (not with a wheelhouse: nothing is fetched)."""
-        return self.package_cache_size > 0 and not self.package_wheelhouse
-
-    @property
     def extra_index_urls(self) -> list[str]:
         """PACKAGE_EXTRA_INDEX_URLS as a list."""
         return _split_urls(self.package_extra_index_urls or "")
@@ -410,6 +412,16 @@ class SandboxConfig(BaseSettings):
     def effective_log_level(self) -> str:
         """The log level after DEBUG is applied."""
         return "DEBUG" if self.debug else self.log_level
+
+
+def index_urls(config: SandboxConfig) -> list[str]:
+    """The indexes installs use: PACKAGE_INDEX_URL (PyPI when unset), then the extras."""
+    return [config.package_index_url or PYPI_SIMPLE, *config.extra_index_urls]
+
+
+def uses_package_cache(config: SandboxConfig) -> bool:
+    """Installs share the package cache (not with a wheelhouse: nothing is fetched)."""
+    return config.package_cache_size > 0 and not config.package_wheelhouse
 
 
 def _check_together(config: "SandboxConfig") -> None:

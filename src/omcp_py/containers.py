@@ -86,10 +86,15 @@ class Containers:
     # -- sandboxes -----------------------------------------------------------------------
 
     def create(
-        self, sandbox_id: str, progress: Progress | None = None, allow: tuple[str, ...] = ()
+        self,
+        sandbox_id: str,
+        progress: Progress | None = None,
+        allow: tuple[str, ...] = (),
+        principal: str | None = None,
     ) -> Sandbox:
         """A started, hardened sandbox with its runner attached; with ``allow`` (checked
-        host:port pairs) on its own network behind its own egress filter."""
+        host:port pairs) on its own network behind its own egress filter; labelled with
+        ``principal`` when it is made for one (a pool's sandbox is handed over later)."""
         import docker
 
         client = self.engine.client()
@@ -102,6 +107,8 @@ class Containers:
             ownership.CREATED: utc_iso(now),
             ownership.ROLE: "sandbox",
         }
+        if principal:
+            labels[ownership.PRINCIPAL] = principal
         network = {}
         if allow:
             egress = EgressFilter(

@@ -7,7 +7,7 @@ The behaviour each option promises is tested from inside a real container.
 import math
 from typing import Any
 
-from omcp_py.config import SandboxConfig
+from omcp_py.config import SandboxConfig, index_urls, uses_package_cache
 from omcp_py.runner import source
 from omcp_py.runner.assemble import program
 from omcp_py.runner.pid1.protocol import CODE_GID, CODE_UID
@@ -234,7 +234,7 @@ def installer_run_kwargs(
 
     mounts = [Mount(_INSTALL_TARGET, volume, type="volume", no_copy=True)]
     cache = ""
-    if config.uses_package_cache:
+    if uses_package_cache(config):
         mounts.append(_cache_mount(config, read_only=True))
         cache = CACHE_DIR
     command = python_command(
@@ -283,7 +283,7 @@ def cache_keeper_kwargs(
         CACHE_DIR,
         f"{_INSTALL_TARGET}/{STAGE}",
         str(config.package_cache_size),
-        json.dumps(config.index_urls),
+        json.dumps(index_urls(config)),
         proxy,
         json.dumps(used),
     )

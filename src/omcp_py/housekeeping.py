@@ -104,9 +104,9 @@ class Housekeeper:
         known_pool = {s.id for s in self.pool.ready}
         # Likewise a container still being made when the engine listed it shows as not
         # running, even if it runs by the time the listing is read.
-        in_flight = self.registry.creating | self.pool.making
+        in_flight = set(self.registry.creating) | self.pool.making
         containers = await self.workers.control(self.containers.list, self._mine)
-        in_flight |= self.registry.creating | self.pool.making  # and those begun since
+        in_flight |= set(self.registry.creating) | self.pool.making  # and those begun since
         running = {}
         for container in containers:
             if container.is_helper:

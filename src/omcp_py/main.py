@@ -18,12 +18,15 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.from_thread
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer  # MCPServer: mcp 2.x's successor to FastMCP
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field, ValidationError
 
-from omcp_py import __version__, content, transport
+from omcp_py import __version__, content, principals, transport
 from omcp_py.arguments import plain_error, strict_model
 from omcp_py.config import SandboxConfig, empty_settings, load_config
 from omcp_py.errors import ConfigError, OmcpError
@@ -69,7 +72,9 @@ ToolContext = Context[SandboxManager, Any]
 
 
 def tool_errors(fn: F) -> F:
-    """Report the manager's failures as tool errors (isError) with their own message.
+    """Serve the call as its caller's principal (the bearer token's name over HTTP,
+    the local user over stdio) and report the manager's failures as tool errors
+    (isError) with their own message.
 
     Whatever a result or message holds, the transport makes it encodable
     (``transport.EncodableWriter``).
@@ -77,10 +82,12 @@ def tool_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await fn(*args, **kwargs)
-        except OmcpError as exc:
-            raise ToolError(str(exc)) from exc
+        token = get_access_token()
+        with principals.acting_as(token.client_id if token else principals.LOCAL):
+            try:
+                return await fn(*args, **kwargs)
+            except OmcpError as exc:
+                raise ToolError(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -114,12 +121,19 @@ def _progress(ctx: ToolContext) -> Callable[[float, float, str], None]:
     return report
 
 
-def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = None) -> MCPServer:
+def create_server(
+    config: SandboxConfig,
+    cleaned_up: threading.Event | None = None,
+    auth: AuthSettings | None = None,
+    token_verifier: TokenVerifier | None = None,
+) -> MCPServer:
     """Build the MCP server with its tools; nothing runs until it is served.
 
     Args:
         config: the settings; defaults and bounds in the tool schemas come from it.
         cleaned_up: set once the lifespan has removed this server's sandboxes.
+        auth: over HTTP with tokens: the resource server's settings.
+        token_verifier: over HTTP with tokens: who a bearer token is.
 
     Returns:
         The server, ready for ``run_stdio_async``.
@@ -143,6 +157,8 @@ def create_server(config: SandboxConfig, cleaned_up: threading.Event | None = No
         lifespan=lifespan,
         log_level=config.effective_log_level,  # type: ignore[arg-type]
         debug=config.debug,
+        auth=auth,
+        token_verifier=token_verifier,
     )
 
     @server.tool(

@@ -7,7 +7,7 @@ from typing import Any
 
 from omcp_py.boundary import MAX_FIGURES
 from omcp_py.config import SandboxConfig, format_size
-from omcp_py.errors import InvalidArgument, SandboxNotFound
+from omcp_py.errors import InvalidArgument, SandboxLimitReached, SandboxNotFound
 from omcp_py.images import Progress
 from omcp_py.installer import RawInstall
 from omcp_py.models import ExecutionResult, FigureInfo, InstallResult
@@ -46,6 +46,23 @@ def check_run_timeout(timeout: int, most: int) -> None:
     if not 1 <= timeout <= most:
         raise InvalidArgument(
             f"timeout={timeout} is out of range: use 1 to {most} seconds (MAX_EXECUTION_TIMEOUT)."
+        )
+
+
+def check_room(total: int, full: bool, held: int, config: SandboxConfig) -> None:
+    """Refuse a new sandbox past MAX_SANDBOXES (``full``) or, for the caller who holds
+    ``held`` already, past MAX_SANDBOXES_PER_PRINCIPAL."""
+    if full:
+        raise SandboxLimitReached(
+            f"Maximum number of sandboxes reached ({total}): remove one with remove_sandbox "
+            f"(list_sandboxes shows them), or raise MAX_SANDBOXES."
+        )
+    most = config.max_sandboxes_per_principal
+    if most is not None and held >= most:
+        raise SandboxLimitReached(
+            f"You have {held} sandboxes, the most one caller may have on this server "
+            f"(MAX_SANDBOXES_PER_PRINCIPAL={most}): remove one with remove_sandbox "
+            f"(list_sandboxes shows yours)."
         )
 
 

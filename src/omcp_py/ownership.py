@@ -23,6 +23,8 @@ CREATED = PREFIX + "created"
 TIMEOUT = PREFIX + "timeout"
 # "sandbox" (absent on sandboxes of older versions) or "installer".
 ROLE = PREFIX + "role"
+# The caller (a bearer token's name) a sandbox was made for, over HTTP with auth.
+PRINCIPAL = PREFIX + "principal"
 
 
 def _host_identity() -> str:

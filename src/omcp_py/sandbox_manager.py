@@ -16,14 +16,13 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from omcp_py import outcomes
+from omcp_py import outcomes, principals
 from omcp_py.config import SandboxConfig
 from omcp_py.containers import Containers
 from omcp_py.egress import sandbox_hosts
 from omcp_py.errors import (
     InvalidArgument,
     OmcpError,
-    SandboxLimitReached,
     SandboxNotFound,
     SandboxStillActive,
 )
@@ -125,6 +124,7 @@ class SandboxManager:
         if self.registry.full():
             await self.housekeeper.reconcile()  # removed behind our back: slots free
         sandbox = await self._hand_over(progress, allow)
+        sandbox.principal = principals.current()
         sandbox.created = sandbox.last_used = time.time()
         sandbox.timeout = timeout
         sandbox.stateful = stateful
@@ -143,11 +143,8 @@ class SandboxManager:
     async def _hand_over(self, progress: Progress | None, allow: tuple[str, ...]) -> Sandbox:
         """A sandbox from the pool (none has a network) or a new one, within MAX_SANDBOXES."""
         while True:
-            if self.registry.full():
-                raise SandboxLimitReached(
-                    f"Maximum number of sandboxes reached ({self.config.max_sandboxes}): remove "
-                    f"one with remove_sandbox (list_sandboxes shows them), or raise MAX_SANDBOXES."
-                )
+            full, held = self.registry.full(), self.registry.held_by_current()
+            outcomes.check_room(self.config.max_sandboxes, full, held, self.config)
             sandbox = None if allow else self.pool.take()
             if sandbox is not None:
                 # Removed behind our back (docker rm, a prune, an engine restart) since it
@@ -171,7 +168,7 @@ class SandboxManager:
             sandbox_id = new_id()
             with self.registry.reserving(sandbox_id):  # no await since the checks
                 return await self.workers.control(
-                    self.containers.create, sandbox_id, progress, allow
+                    self.containers.create, sandbox_id, progress, allow, principals.current()
                 )
 
     async def list(self, include_inactive: bool = False) -> ListSandboxesResult:
@@ -180,7 +177,7 @@ class SandboxManager:
         await self.housekeeper.reconcile()
         now = time.time()
         items = []
-        for sandbox in sorted(self.registry.all(), key=lambda s: s.created):
+        for sandbox in sorted(self.registry.mine(), key=lambda s: s.created):
             expired = sandbox.expired(now)
             if expired and not include_inactive:
                 continue

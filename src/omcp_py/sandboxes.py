@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from omcp_py import ownership
+from omcp_py import ownership, principals
 from omcp_py.boundary import Figure
 from omcp_py.errors import SandboxNotFound
 from omcp_py.hardening import packages_volume
@@ -27,13 +27,16 @@ from omcp_py.models import ExecutionResult, utc_iso
 if TYPE_CHECKING:
     from omcp_py.runner.client import RunnerConnection
 
-_ID = re.compile(r"^[0-9a-f]{12}$")
+# A UUID4's 122 random bits, in full: ids are the only key to a sandbox a caller has
+# (another client of a shared server, a guess from inside a sandbox), so they must not
+# be guessable or enumerable.
+_ID = re.compile(r"^[0-9a-f]{32}$")
 # Sandboxes the reaper removed, remembered so that a later call says it expired.
 EXPIRED_REMEMBERED = 1000
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex[:12]
+    return uuid.uuid4().hex
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Sandbox:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     install_lock: anyio.Lock = field(default_factory=anyio.Lock)
     packages_ready: bool = False  # its package volume belongs to the sandbox user
+    principal: str = principals.LOCAL  # who created it: the only caller who can use it
 
     @property
     def busy(self) -> bool:
@@ -103,11 +107,12 @@ class Registry:
         """
         self.limit = limit
         self._sandboxes: dict[str, Sandbox] = {}
-        # Ids of sandboxes being created: they hold a slot, and reconciliation must not
-        # mistake their container (created, not yet started) for a stopped one.
-        self.creating: set[str] = set()
-        # id: (when it expired, its timeout); oldest first, bounded.
-        self._expired: dict[str, tuple[float, int]] = {}
+        # Ids of sandboxes being created, with whose they will be: they hold a slot, and
+        # reconciliation must not mistake their container (created, not yet started)
+        # for a stopped one.
+        self.creating: dict[str, str] = {}
+        # id: (when it expired, its timeout, its principal); oldest first, bounded.
+        self._expired: dict[str, tuple[float, int, str]] = {}
 
     def __contains__(self, sandbox_id: str) -> bool:
         return sandbox_id in self._sandboxes
@@ -124,11 +129,21 @@ class Registry:
     def add(self, sandbox: Sandbox) -> None:
         self._sandboxes[sandbox.id] = sandbox
 
+    def mine(self) -> list[Sandbox]:
+        """The sandboxes of the current principal."""
+        who = principals.current()
+        return [s for s in self._sandboxes.values() if s.principal == who]
+
     def get(self, sandbox_id: str) -> Sandbox:
-        """The sandbox, or SandboxNotFound saying whether it expired or never was."""
+        """The current principal's sandbox, or SandboxNotFound saying whether it expired
+        or never was (another principal's is one that never was)."""
+        who = principals.current()
         sandbox = self._sandboxes.get(sandbox_id) if _ID.match(sandbox_id) else None
-        if sandbox is None and sandbox_id in self._expired:
-            when, timeout = self._expired[sandbox_id]
+        if sandbox is not None and sandbox.principal != who:
+            sandbox = None
+        expired = self._expired.get(sandbox_id)
+        if sandbox is None and expired is not None and expired[2] == who:
+            when, timeout, _ = expired
             raise SandboxNotFound(
                 f"Sandbox {sandbox_id} expired at {utc_iso(when)}: it was idle for its "
                 f"timeout ({timeout} s) and was removed with its files. Create a new one with "
@@ -156,7 +171,11 @@ class Registry:
     def expire(self, sandbox: Sandbox) -> None:
         """Drop a sandbox idle past its timeout, and remember when it expired."""
         self.forget(sandbox.id)
-        self._expired[sandbox.id] = (sandbox.last_used + sandbox.timeout, sandbox.timeout)
+        self._expired[sandbox.id] = (
+            sandbox.last_used + sandbox.timeout,
+            sandbox.timeout,
+            sandbox.principal,
+        )
         while len(self._expired) > EXPIRED_REMEMBERED:
             del self._expired[next(iter(self._expired))]
 
@@ -167,15 +186,20 @@ class Registry:
         """No sandbox can be handed over: the limit counts sandboxes in use."""
         return len(self._sandboxes) + len(self.creating) >= self.limit
 
+    def held_by_current(self) -> int:
+        """Sandboxes the current principal has or is being given."""
+        who = principals.current()
+        return len(self.mine()) + sum(1 for owner in self.creating.values() if owner == who)
+
     @contextmanager
     def reserving(self, sandbox_id: str) -> Iterator[None]:
-        """Count ``sandbox_id`` as being created while the block runs (take it with no
-        await between the limit check and this reservation)."""
-        self.creating.add(sandbox_id)
+        """Count ``sandbox_id`` as being created for the current principal while the
+        block runs (take it with no await between the limit check and this)."""
+        self.creating[sandbox_id] = principals.current()
         try:
             yield
         finally:
-            self.creating.discard(sandbox_id)
+            self.creating.pop(sandbox_id, None)
 
 
 @asynccontextmanager
