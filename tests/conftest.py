@@ -22,6 +22,7 @@ import docker
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
 IMAGE = "python:3.11-slim"
 MARKER_VAR = "OMCP_TEST_MARKER"
@@ -160,6 +161,37 @@ async def start_server(
         finally:
             with contextlib.suppress(LookupError, OSError, AssertionError):
                 SERVER_PEAKS_MB.append(peak_rss_mb(server.pid))  # while it still runs
+
+
+@asynccontextmanager
+async def http_session(url: str, token: str, marker: str = "") -> AsyncIterator[Server]:
+    """A session with `omcp_py serve --http` at ``url`` (its /mcp), as the principal
+    of the bearer ``token``, through the SDK's streamable-HTTP client."""
+    import httpx2
+
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=120) as client,
+        streamable_http_client(url, http_client=client) as (read, write),
+        ClientSession(read, write, read_timeout_seconds=300) as session,
+    ):
+        await session.initialize()
+        yield Server(session, marker)
+
+
+def wait_for_http(base: str, seconds: float, alive: Any = lambda: True) -> bool:
+    """True once ``base`` answers its protected-resource metadata (False: it never did,
+    or ``alive()`` said the server is gone)."""
+    import httpx2
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and alive():
+        try:
+            httpx2.get(f"{base}/.well-known/oauth-protected-resource/mcp", timeout=2)
+            return True
+        except httpx2.TransportError:
+            time.sleep(0.2)
+    return False
 
 
 @asynccontextmanager

@@ -3,20 +3,21 @@ client: tokens from AUTH_TOKENS_FILE name principals, and neither principal sees
 touches the other's sandboxes; requests without a valid token get 401; a public bind
 without tokens refuses to start; Host headers are checked."""
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
-from conftest import MARKER_VAR, Server
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
+from conftest import MARKER_VAR, Server, http_session, wait_for_http
 
 from omcp_py.auth import new_token, token_hash
 
@@ -36,22 +37,16 @@ class HttpServer:
         self.tokens = tokens
         self.marker = marker
 
-    @asynccontextmanager
-    async def session(self, token: str) -> AsyncIterator[Server]:
-        headers = {"Authorization": f"Bearer {token}"}
-        async with (
-            httpx2.AsyncClient(headers=headers, timeout=120) as client,
-            streamable_http_client(self.url, http_client=client) as (read, write),
-            ClientSession(read, write, read_timeout_seconds=300) as session,
-        ):
-            await session.initialize()
-            yield Server(session, self.marker)
+    def session(self, token: str) -> AbstractAsyncContextManager[Server]:
+        return http_session(self.url, token, self.marker)
 
 
-def _start(env: dict[str, str], *args: str) -> subprocess.Popen:
+def _start(env: dict[str, str], *args: str, log: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "omcp_py", "serve", "--http", *args]
     full = {**os.environ, "LOG_LEVEL": "WARNING", **env}
-    return subprocess.Popen(command, env=full, stderr=subprocess.PIPE, text=True)
+    # A long-running server logs to a file: a pipe nobody reads would fill and stop it.
+    stderr = log.open("w") if log else subprocess.PIPE
+    return subprocess.Popen(command, env=full, stderr=stderr, text=True)
 
 
 @pytest.fixture
@@ -62,30 +57,24 @@ def tokens(tmp_path: Path) -> dict[str, str]:
     return found
 
 
-@pytest.fixture
-def http_server(tmp_path: Path, tokens: dict[str, str]) -> Iterator[HttpServer]:
+@contextmanager
+def _serving(tmp_path: Path, **settings: str) -> Iterator[HttpServer]:
     port = _free_port()
     marker = os.urandom(8).hex()
     env = {
         "AUTH_TOKENS_FILE": str(tmp_path / "tokens"),
-        "SANDBOX_POOL_SIZE": "1",
-        "MAX_SANDBOXES_PER_PRINCIPAL": "2",
         "PACKAGE_CACHE_VOLUME": "omcp-test-package-cache",
         MARKER_VAR: marker,
+        **settings,
     }
     for name in ("DOCKER_HOST", "SANDBOX_RUNTIME"):
         if name in os.environ:
             env[name] = os.environ[name]
-    proc = _start(env, "--port", str(port))
+    log = tmp_path / f"server-{port}.log"
+    proc = _start(env, "--port", str(port), log=log)
     server = HttpServer(port, tmp_path / "tokens", marker)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            httpx2.get(f"{server.base}/.well-known/oauth-protected-resource/mcp", timeout=2)
-            break
-        except httpx2.TransportError:
-            time.sleep(0.1)
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    up = wait_for_http(server.base, 60, alive=lambda: proc.poll() is None)
+    assert up, log.read_text()[-3000:]
     try:
         yield server
     finally:
@@ -94,6 +83,12 @@ def http_server(tmp_path: Path, tokens: dict[str, str]) -> Iterator[HttpServer]:
             proc.wait(60)  # the lifespan removes the sandboxes first
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def http_server(tmp_path: Path, tokens: dict[str, str]) -> Iterator[HttpServer]:
+    with _serving(tmp_path, SANDBOX_POOL_SIZE="1", MAX_SANDBOXES_PER_PRINCIPAL="2") as server:
+        yield server
 
 
 async def test_each_principal_sees_and_touches_only_its_own_sandboxes(
@@ -201,3 +196,95 @@ def test_a_public_bind_without_tokens_refuses_to_start() -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert "refusing to serve on 0.0.0.0" in err and "AUTH_TOKENS_FILE" in err, err
+
+
+def test_the_inspector_cli_drives_a_loopback_server_without_tokens(tmp_path: Path) -> None:
+    npx = shutil.which("npx")
+    assert npx, "npx (Node.js) is needed for the MCP Inspector test"
+    port = _free_port()
+    proc = _start({"AUTH_TOKENS_FILE": "", "SANDBOX_POOL_SIZE": "0"}, "--port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for_http(base, 60, alive=lambda: proc.poll() is None)
+        inspector = [npx, "-y", "@modelcontextprotocol/inspector", "--cli", f"{base}/mcp"]
+        inspector += ["--transport", "http", "--method"]
+
+        def call(*args: str) -> dict:
+            done = subprocess.run(
+                [*inspector, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+            )
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        assert "execute_python_code" in {t["name"] for t in call("tools/list")["tools"]}
+        created = call("tools/call", "--tool-name", "create_sandbox")
+        sid = created["structuredContent"]["sandbox_id"]
+        # Another connection, the same (local) caller: the sandbox is there.
+        ran = call(
+            "tools/call",
+            "--tool-name",
+            "execute_python_code",
+            "--tool-arg",
+            f"sandbox_id={sid}",
+            "code=print(6*7)",
+        )
+        assert ran["isError"] is False and "42" in json.dumps(ran["content"]), ran
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+async def test_a_cancelled_call_and_a_dropped_client_stop_their_runs(
+    http_server: HttpServer, tokens: dict[str, str]
+) -> None:
+    async def idle(watcher: Server, sid: str, within: float = 0.0) -> bool:
+        deadline = time.monotonic() + within
+        while True:
+            listed = (await watcher.call("list_sandboxes"))["sandboxes"]
+            if next(s["status"] for s in listed if s["id"] == sid) != "busy":
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await anyio.sleep(0.25)
+
+    long_run = {"code": "import time\ntime.sleep(120)", "timeout": 300}
+    async with http_server.session(tokens["alice"]) as watcher:
+        sid = await watcher.create()
+        # The caller gives up on the call: the client sends notifications/cancelled.
+        async with http_server.session(tokens["alice"]) as alice:
+            with anyio.move_on_after(3):
+                await alice.call("execute_python_code", {"sandbox_id": sid, **long_run})
+            assert await idle(watcher, sid, within=20), "the cancelled run went on"
+        # The client goes away in the middle of a run: its connection closes.
+        async with anyio.create_task_group() as tg:
+
+            async def drop() -> None:
+                async with http_server.session(tokens["alice"]) as gone:
+                    await gone.call("execute_python_code", {"sandbox_id": sid, **long_run})
+
+            tg.start_soon(drop)
+            await anyio.sleep(3)
+            assert not await idle(watcher, sid)
+            tg.cancel_scope.cancel()
+        assert await idle(watcher, sid, within=20), "the dropped client's run went on"
+        assert (await watcher.run(sid, "print('next')"))["output"] == "next\n"
+
+
+async def test_twenty_callers_times_ten_runs_lose_nothing(
+    tmp_path: Path, tokens: dict[str, str]
+) -> None:
+    settings = {"MAX_SANDBOXES": "20", "MAX_SANDBOXES_PER_PRINCIPAL": "10"}
+    with _serving(tmp_path, SANDBOX_POOL_SIZE="0", **settings) as server:
+        outputs: dict[int, list[str]] = {}
+
+        async def caller(n: int) -> None:
+            async with server.session(tokens["alice" if n % 2 else "bob"]) as me:
+                sid = await me.create()
+                outputs[n] = [
+                    (await me.run(sid, f"print({n} * 100 + {i})"))["output"] for i in range(10)
+                ]
+
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                tg.start_soon(caller, n)
+    assert outputs == {n: [f"{n * 100 + i}\n" for i in range(10)] for n in range(20)}

@@ -16,10 +16,12 @@ from conftest import (
     ROOT,
     TOOLS,
     ca_bundle,
+    http_session,
     needs,
     serve_and_use,
     start_server,
     tls_index,
+    wait_for_http,
 )
 from mcp.client.stdio import StdioServerParameters
 
@@ -149,6 +151,49 @@ async def test_compose_service_serves_mcp(repo_copy: Path, server_image: str) ->
     ]
     params = StdioServerParameters(command=compose[0], args=args, env=env)
     assert await serve_and_use(params) == TOOLS
+
+
+async def test_compose_http_service_serves_with_tokens(
+    repo_copy: Path, server_image: str, tmp_path: Path
+) -> None:
+    import socket
+
+    import httpx2
+
+    from omcp_py.auth import new_token, token_hash
+
+    token = new_token()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice:{token_hash(token)}\n")
+    tokens.chmod(0o644)  # the image's user (10001) reads it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "OMCP_IMAGE": server_image,
+        "DOCKER_GID": _socket_gid(),
+        "OMCP_TOKENS": str(tokens),
+        "OMCP_HTTP_PORT": str(port),
+        "COMPOSE_PROJECT_NAME": f"omcphttp{port}",
+        "LOG_LEVEL": "WARNING",
+    }
+    compose = [*_compose(), "-f", str(repo_copy / "docker-compose.yml"), "--profile", "http"]
+    up = run([*compose, "up", "-d", "omcp_py_http"], env=env)
+    assert up.returncode == 0, up.stderr
+    base = f"http://127.0.0.1:{port}"
+    try:
+        logs = lambda: run([*compose, "logs", "omcp_py_http"], env=env).stdout  # noqa: E731
+        assert wait_for_http(base, 90), logs()
+        refused = httpx2.post(f"{base}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert refused.status_code == 401, refused.text
+        async with http_session(f"{base}/mcp", token) as alice:
+            sid = await alice.create()
+            assert (await alice.run(sid, "print(6 * 7)"))["output"] == "42\n"
+    finally:
+        down = run([*compose, "down", "--timeout", "60"], env=env)
+    assert down.returncode == 0, down.stderr
 
 
 # -- the recommended sandbox image -----------------------------------------------------

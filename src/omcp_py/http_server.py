@@ -48,16 +48,17 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def allowed(host: str, port: int, names: list[str]) -> tuple[list[str], list[str]]:
+def allowed(host: str, names: list[str]) -> tuple[list[str], list[str]]:
     """(Host headers, Origin headers) the server answers: loopback's, the bound
-    address's (unless it is a wildcard) and ``names`` (how clients reach it)."""
+    address's (unless it is a wildcard) and ``names`` (how clients reach it), on any
+    port (a container's port is often published as another)."""
     hosts = ["127.0.0.1", "localhost", "[::1]", *names]
     if host not in ("0.0.0.0", "::", ""):
         hosts.append(_url_host(host))
     hosts = list(dict.fromkeys(hosts))
-    with_port = [f"{h}:{port}" for h in hosts]
-    origins = [f"{scheme}://{h}" for h in with_port for scheme in ("http", "https")]
-    return with_port, origins
+    patterns = [*hosts, *(f"{h}:*" for h in hosts)]
+    origins = [f"{scheme}://{p}" for p in patterns for scheme in ("http", "https")]
+    return patterns, origins
 
 
 def max_body(config: SandboxConfig) -> int:
@@ -97,7 +98,7 @@ def run_http(host: str, port: int, names: list[str]) -> None:
         print(f"omcp_py: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(config.effective_log_level)
-    hosts, origins = allowed(host, port, names)
+    hosts, origins = allowed(host, names)
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )

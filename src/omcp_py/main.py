@@ -85,11 +85,52 @@ def tool_errors(fn: F) -> F:
         token = get_access_token()
         with principals.acting_as(token.client_id if token else principals.LOCAL):
             try:
-                return await fn(*args, **kwargs)
+                return await _unless_the_client_leaves(kwargs.get("ctx"), fn(*args, **kwargs))
             except OmcpError as exc:
                 raise ToolError(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+DISCONNECT_POLL = 0.5  # seconds between looks at an HTTP caller's connection
+
+
+async def _unless_the_client_leaves(ctx: Any, call: Awaitable[Any]) -> Any:
+    """Await ``call``; over HTTP, cancel it when the caller's connection closes (the
+    run then stops in the sandbox, as for notifications/cancelled): nobody is left to
+    read its result. Over stdio the transport ends the server instead."""
+    try:
+        request = ctx.request_context.request
+    except (AttributeError, ValueError):  # no context: not a tool call of a transport
+        request = None
+    disconnected = getattr(request, "is_disconnected", None)
+    if disconnected is None:
+        return await call
+    left = False
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        nonlocal left
+        try:
+            while not await disconnected():
+                await anyio.sleep(DISCONNECT_POLL)
+        except Exception:  # the connection cannot be watched: the call goes on
+            return
+        left = True
+        scope.cancel()
+
+    result = error = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        try:
+            result = await call
+        except Exception as exc:  # raised as itself below, not in an exception group
+            error = exc
+        tg.cancel_scope.cancel()
+    if left:
+        raise ToolError("The client disconnected: the call was stopped.")
+    if error is not None:
+        raise error
+    return result
 
 
 def _hints(
