@@ -164,9 +164,12 @@ async def start_server(
 
 
 @asynccontextmanager
-async def http_session(url: str, token: str, marker: str = "") -> AsyncIterator[Server]:
+async def http_session(
+    url: str, token: str, marker: str = "", handshake: str = "initialize"
+) -> AsyncIterator[Server]:
     """A session with `omcp_py serve --http` at ``url`` (its /mcp), as the principal
-    of the bearer ``token``, through the SDK's streamable-HTTP client."""
+    of the bearer ``token``, through the SDK's streamable-HTTP client: the 2025-era
+    ``initialize`` handshake, or the 2026-07-28 ``discover`` (no session)."""
     import httpx2
 
     headers = {"Authorization": f"Bearer {token}"}
@@ -175,7 +178,7 @@ async def http_session(url: str, token: str, marker: str = "") -> AsyncIterator[
         streamable_http_client(url, http_client=client) as (read, write),
         ClientSession(read, write, read_timeout_seconds=300) as session,
     ):
-        await session.initialize()
+        await getattr(session, handshake)()
         yield Server(session, marker)
 
 

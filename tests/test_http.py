@@ -37,8 +37,10 @@ class HttpServer:
         self.tokens = tokens
         self.marker = marker
 
-    def session(self, token: str) -> AbstractAsyncContextManager[Server]:
-        return http_session(self.url, token, self.marker)
+    def session(
+        self, token: str, handshake: str = "initialize"
+    ) -> AbstractAsyncContextManager[Server]:
+        return http_session(self.url, token, self.marker, handshake)
 
 
 def _start(env: dict[str, str], *args: str, log: Path | None = None) -> subprocess.Popen:
@@ -288,3 +290,40 @@ async def test_twenty_callers_times_ten_runs_lose_nothing(
             for n in range(20):
                 tg.start_soon(caller, n)
     assert outputs == {n: [f"{n * 100 + i}\n" for i in range(10)] for n in range(20)}
+
+
+async def test_both_eras_progress_and_the_body_bound_over_http(
+    http_server: HttpServer, tokens: dict[str, str]
+) -> None:
+    notes: list[float] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        notes.append(done)
+
+    # A 2026-07-28 client (server/discover, no session) and a 2025-era one (initialize)
+    # are the same principal: one makes the sandbox, the other uses it.
+    async with http_server.session(tokens["alice"], handshake="discover") as modern:
+        sid = await modern.create()
+        async with http_server.session(tokens["alice"]) as legacy:
+            code = "import time\nfor i in range(5):\n    print(i, flush=True)\n    time.sleep(1)"
+            result = await legacy.session.call_tool(
+                "execute_python_code",
+                {"sandbox_id": sid, "code": code, "timeout": 30},
+                progress_callback=progress,
+            )
+            assert not result.is_error, result
+            assert len(notes) >= 1, notes  # every 2 s of a 5 s run
+        # A body past the bound (an upload of MAX_UPLOAD_SIZE as base64, and room) is
+        # refused before it is read whole.
+        answer = httpx2.post(
+            http_server.url,
+            content=b"{" + b" " * (20 * 1024 * 1024) + b"}",
+            headers={
+                "Authorization": f"Bearer {tokens['alice']}",
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+            },
+            timeout=60,
+        )
+        assert answer.status_code == 413, (answer.status_code, answer.text[:200])
+        assert (await modern.run(sid, "print('after')"))["output"] == "after\n"
