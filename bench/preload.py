@@ -65,10 +65,10 @@ async def measure(env: dict[str, str], runs: int, pace: float) -> dict[str, Any]
     return out
 
 
-def report(base: dict[str, Any], pre: dict[str, Any], runs: int, pace: float) -> None:
-    print(f"\nimage {IMAGE}; median of {runs} runs after the first; paced = {pace} s apart")
-    header = ("run", "kind", "mode", "no preload", "preload", "ratio", "target")
-    rows = [header]
+def comparison_rows(base: dict[str, Any], pre: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(row, without preload, with it, ratio, target) for each snippet, kind and mode,
+    then the idle memory of each."""
+    rows = []
     for name in SNIPPETS:
         for kind in ("stateless", "stateful"):
             for mode in ("paced", "b2b"):
@@ -76,9 +76,7 @@ def report(base: dict[str, Any], pre: dict[str, Any], runs: int, pace: float) ->
                 target = TARGETS.get(name) if kind == "stateless" and mode == "paced" else None
                 rows.append(
                     (
-                        name,
-                        kind,
-                        mode,
+                        f"{name}, {kind}, {mode}",
                         f"{a * 1000:.1f} ms",
                         f"{b * 1000:.1f} ms",
                         f"{b / a:.2f}x",
@@ -89,17 +87,25 @@ def report(base: dict[str, Any], pre: dict[str, Any], runs: int, pace: float) ->
     rows.append(
         (
             "idle sandbox, host memory",
-            "stateless",
-            "",
             f"{base['idle'] / mib:.1f} MiB",
             f"{pre['idle'] / mib:.1f} MiB",
             f"{pre['idle'] / base['idle']:.2f}x",
             "",
         )
     )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    return rows
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def report(base: dict[str, Any], pre: dict[str, Any], runs: int, pace: float) -> None:
+    print(f"\nimage {IMAGE}; median of {runs} runs after the first; paced = {pace} s apart")
+    header = ("run", "no preload", "preload", "ratio", "target")
+    print_table([header, *comparison_rows(base, pre)])
 
 
 async def main() -> None:

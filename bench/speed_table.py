@@ -22,15 +22,9 @@ import uuid
 import anyio
 import docker
 from install_cache import index_settings, install_once
-from preload import PRELOAD, SNIPPETS, TARGETS, measure
+from preload import PRELOAD, comparison_rows, measure, print_table
 
 from bench import mcp_floor, omcp
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
 async def installs(package: str, runs: int) -> tuple[float, float]:
@@ -68,30 +62,7 @@ async def main() -> None:
         )
     )
     rows.append(("MCP SDK floor: 100 calls at once", f"{floor['throughput']:.0f}/s", "", "", ""))
-    for name in SNIPPETS:
-        for kind in ("stateless", "stateful"):
-            for mode in ("paced", "b2b"):
-                a, b = base[(name, kind, mode)], pre[(name, kind, mode)]
-                target = TARGETS.get(name) if kind == "stateless" and mode == "paced" else None
-                rows.append(
-                    (
-                        f"{name}, {kind}, {mode} (no preload -> preload)",
-                        ms(a),
-                        ms(b),
-                        f"{b / a:.2f}x",
-                        f"<= {target * 1000:.0f} ms" if target else "",
-                    )
-                )
-    mib = 1024 * 1024
-    rows.append(
-        (
-            "idle sandbox, host memory (no preload -> preload)",
-            f"{base['idle'] / mib:.1f} MiB",
-            f"{pre['idle'] / mib:.1f} MiB",
-            f"{pre['idle'] / base['idle']:.2f}x",
-            "",
-        )
-    )
+    rows += [(f"{row} (no preload -> preload)", *rest) for row, *rest in comparison_rows(base, pre)]
     rows.append(
         (
             f"install {args.package} into a new sandbox (first -> next, from the cache)",
@@ -102,7 +73,7 @@ async def main() -> None:
         )
     )
     print(f"\nmedian of {args.runs} runs after the first; paced = {args.pace} s apart")
-    _table(rows)
+    print_table(rows)
 
 
 if __name__ == "__main__":

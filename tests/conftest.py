@@ -641,6 +641,31 @@ def readable_dir(path: Path) -> Path:
     return path
 
 
+def tar_sdist(name: str, backend: str, files: dict[str, str]) -> tuple[str, bytes]:
+    """A minimal sdist of ``name`` 0.1 whose PEP 517 backend is the module ``backend``
+    (in ``files``, with no build requirements): its file name and bytes, the same bytes
+    each time (gzip mtime 0), so an index can list its sha256."""
+    import gzip
+    import tarfile
+
+    module = name.replace("-", "_")
+    files = {
+        "pyproject.toml": f'[build-system]\nrequires = []\nbuild-backend = "{backend}"\n'
+        'backend-path = ["."]\n',
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+        **files,
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{module}-0.1/{path}")
+            info.size = len(data)
+            info.mode = 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return f"{module}-0.1.tar.gz", gzip.compress(buffer.getvalue(), mtime=0)
+
+
 def zip_wheel(name: str, version: str, modules: dict[str, str]) -> tuple[str, bytes]:
     """A minimal pure-Python wheel (what `pip wheel` would make), built by hand."""
     dist = f"{name}-{version}.dist-info"

@@ -11,11 +11,9 @@ import base64
 import functools
 import hashlib
 import http.server
-import io
 import json
 import os
 import socket
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from pathlib import Path
 import anyio
 import docker
 import pytest
-from conftest import Server, eventually, readable_dir, start_server, zip_wheel
+from conftest import Server, eventually, readable_dir, start_server, tar_sdist, zip_wheel
 
 from omcp_py.networks import host_address
 
@@ -77,20 +75,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 
 def _probe_sdist() -> tuple[str, bytes]:
-    files = {
-        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "probe_backend"\n'
-        'backend-path = ["."]\n',
-        "PKG-INFO": "Metadata-Version: 2.1\nName: omcp-probe\nVersion: 0.1\n",
-        "probe_backend.py": PROBE_BACKEND,
-    }
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(f"omcp_probe-0.1/{path}")
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return "omcp_probe-0.1.tar.gz", buffer.getvalue()
+    return tar_sdist("omcp-probe", "probe_backend", {"probe_backend.py": PROBE_BACKEND})
 
 
 @pytest.fixture

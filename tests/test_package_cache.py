@@ -7,15 +7,12 @@ enter the cache."""
 import base64
 import contextlib
 import functools
-import gzip
 import hashlib
 import http.server
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,7 +20,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import Server, start_server, zip_wheel
+from conftest import Server, start_server, tar_sdist, zip_wheel
 
 from omcp_py.networks import host_address
 
@@ -84,21 +81,7 @@ def _claims(url: str) -> list[tuple[str, str]]:
 
 
 def _sdist(claims: list[tuple[str, str]]) -> bytes:
-    files = {
-        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "forger"\n'
-        'backend-path = ["."]\n',
-        "PKG-INFO": "Metadata-Version: 2.1\nName: omcp-forger\nVersion: 0.1\n",
-        "forger.py": f"CLAIMS = {claims!r}\n{FORGER}",
-    }
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(f"omcp_forger-0.1/{path}")
-            info.size = len(data)
-            info.mode = 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return gzip.compress(buffer.getvalue(), mtime=0)  # the same bytes each time
+    return tar_sdist("omcp-forger", "forger", {"forger.py": f"CLAIMS = {claims!r}\n{FORGER}"})[1]
 
 
 def _project(root: Path, project: str, files: dict[str, bytes]) -> None:

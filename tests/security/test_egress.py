@@ -11,18 +11,16 @@ itself must succeed from the index; the canary must see nothing.
 
 import functools
 import http.server
-import io
 import json
 import os
 import socket
-import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
-from conftest import start_server, zip_wheel
+from conftest import start_server, tar_sdist, zip_wheel
 
 from omcp_py.networks import host_address
 
@@ -123,21 +121,8 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 
 def _sdist(targets: dict) -> tuple[str, bytes]:
-    files = {
-        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "egress_backend"\n'
-        'backend-path = ["."]\n',
-        "PKG-INFO": "Metadata-Version: 2.1\nName: omcp-egress\nVersion: 0.1\n",
-        "egress_backend.py": EGRESS_BACKEND,
-        "targets.json": json.dumps(targets),
-    }
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(f"omcp_egress-0.1/{path}")
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return "omcp_egress-0.1.tar.gz", buffer.getvalue()
+    files = {"egress_backend.py": EGRESS_BACKEND, "targets.json": json.dumps(targets)}
+    return tar_sdist("omcp-egress", "egress_backend", files)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
