@@ -144,7 +144,8 @@ class SandboxConfig(BaseSettings):
         None,
         description=(
             "Docker engine URL for the sandboxes (unix:///..., tcp://host:2376, npipe://...); "
-            "unset: DOCKER_HOST, then the platform default."
+            "with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the docker CLI uses them; unset: "
+            "DOCKER_HOST, then the current docker context, then the usual sockets."
         ),
     )
     debug: bool = Field(False, description="Log at DEBUG level, overriding LOG_LEVEL.")

@@ -26,6 +26,9 @@ class EngineCandidate:
 
     url: str
     source: str
+    # A docker context's TLS material: the directory with ca.pem, cert.pem, key.pem.
+    tls_dir: Path | None = None
+    tls_verify: bool = True
 
     @property
     def socket_path(self) -> Path | None:
@@ -59,12 +62,23 @@ def current_context(env: Mapping[str, str], home: Path) -> EngineCandidate | Non
             return None
     if not name or name == "default":
         return None
-    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+    digest = hashlib.sha256(name.encode()).hexdigest()
     try:
-        host = json.loads((meta / "meta.json").read_text())["Endpoints"]["docker"]["Host"]
+        meta = json.loads((config_dir / "contexts" / "meta" / digest / "meta.json").read_text())
+        endpoint = meta["Endpoints"]["docker"]
+        host = endpoint["Host"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return EngineCandidate(str(host), f"docker context {name!r}") if host else None
+    if not host:
+        return None
+    # `docker context create --docker host=tcp://…,ca=…,cert=…,key=…` copies the files here.
+    tls = config_dir / "contexts" / "tls" / digest / "docker"
+    return EngineCandidate(
+        str(host),
+        f"docker context {name!r}",
+        tls_dir=tls if tls.is_dir() else None,
+        tls_verify=not endpoint.get("SkipTLSVerify", False),
+    )
 
 
 def _usual_sockets(env: Mapping[str, str], home: Path) -> list[EngineCandidate]:
@@ -141,3 +155,25 @@ def locate(
         if candidate.present():
             return candidate
     return next((c for c in found if c.url == DEFAULT_URL), found[0])
+
+
+def transport(where: EngineCandidate, env: Mapping[str, str] | None = None) -> str:
+    """How the server reaches ``where``, in words, for ``omcp_py doctor``."""
+    env = os.environ if env is None else env
+    scheme = where.url.partition("://")[0]
+    if scheme == "unix":
+        return "over its unix socket"
+    if scheme == "npipe":
+        return "over its named pipe"
+    if scheme == "ssh":
+        return "over ssh (the ssh client, with your ssh configuration and keys)"
+    if where.source in ("DOCKER_HOST", "SANDBOX_BASE_URL"):
+        certs = env.get("DOCKER_CERT_PATH") or "~/.docker"
+        tls = bool(env.get("DOCKER_TLS_VERIFY") or env.get("DOCKER_CERT_PATH"))
+        verified = bool(env.get("DOCKER_TLS_VERIFY"))
+    else:
+        certs, tls, verified = str(where.tls_dir), where.tls_dir is not None, where.tls_verify
+    if not tls:
+        return "over TCP without TLS: whoever reaches that port controls the engine"
+    check = "the engine's certificate verified" if verified else "the engine NOT verified"
+    return f"over TCP with TLS (client certificate from {certs}; {check})"

@@ -20,7 +20,7 @@ from typing import Any
 
 from omcp_py import __version__
 from omcp_py.config import SandboxConfig, load_config
-from omcp_py.docker_host import DEFAULT_URL, candidates
+from omcp_py.docker_host import DEFAULT_URL, candidates, transport
 from omcp_py.errors import OmcpError
 
 CLAUDE_CONFIG_FILES = {
@@ -62,7 +62,8 @@ class Doctor:
 
     @property
     def passed(self) -> bool:
-        return all(check.passed for check in self.checks)
+        # A skipped check (None) is not a failure: what it needs failed, or it does not apply.
+        return all(check.passed is not False for check in self.checks)
 
     # -- the checks, in order ----------------------------------------------------------
 
@@ -115,7 +116,7 @@ class Doctor:
                 True,
                 f"Docker engine {version.get('Version', '?')} (API {version.get('ApiVersion')}, "
                 f"{version.get('Os')}/{version.get('Arch')}) answers at {engine.url} "
-                f"({engine.where.source})",
+                f"({engine.where.source}), {transport(engine.where)}",
             )
         )
 
@@ -197,6 +198,17 @@ class Doctor:
         self.image_present = True
         size = found.get("Size", 0) / 1e6
         return self.report(Check(True, f"DOCKER_IMAGE {image} is present ({size:.0f} MB)"))
+
+    def host_paths(self) -> Check | None:
+        """PACKAGE_CA_BUNDLE and PACKAGE_WHEELHOUSE are bind-mounted: paths on the
+        engine's host, which is another machine when the engine is remote."""
+        if self.config is None or not (
+            self.config.package_ca_bundle or self.config.package_wheelhouse
+        ):
+            return None
+        ready = self.client is not None and self.image_present
+        client = self.client if ready else None
+        return self.report(host_paths_check(self.config, client, self.engine_url))
 
     def index(self) -> Check:
         """The installer's reach to the package index: behind a TLS-intercepting proxy
@@ -301,7 +313,7 @@ class Doctor:
     def claude_config(self) -> None:
         command, args = launch_command()
         entry: dict[str, Any] = {"command": command, "args": args}
-        env = self.client_env()
+        env = client_env(self.config, self.engine_url, self.engine_source)
         if env:
             entry["env"] = env
         self.out("")
@@ -313,19 +325,28 @@ class Doctor:
         for line in other_clients(command, args, entry.get("env", {})):
             self.out(line)
 
-    def client_env(self) -> dict[str, str]:
-        """What the client must pass: it starts the server with a bare environment in
-        another directory, so neither the shell's variables nor ``./.env`` reach it."""
-        env: dict[str, str] = {}
-        found_elsewhere = self.engine_url and self.engine_url != DEFAULT_URL
-        if found_elsewhere and self.engine_source != "SANDBOX_BASE_URL":
-            env["DOCKER_HOST"] = str(self.engine_url)
-        for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
-            if os.environ.get(name) and "DOCKER_HOST" in env:
-                env[name] = os.environ[name]
-        if self.config is not None:
-            env.update(_changed_settings(self.config))
-        return env
+
+def client_env(
+    config: SandboxConfig | None, engine_url: str | None, engine_source: str | None
+) -> dict[str, str]:
+    """What the client must pass: it starts the server with a bare environment in
+    another directory, so neither the shell's variables nor ``./.env`` reach it."""
+    env: dict[str, str] = {}
+    found_elsewhere = engine_url and engine_url != DEFAULT_URL
+    context = (engine_source or "").startswith("docker context")
+    if context and os.environ.get("DOCKER_CONTEXT"):
+        # The context carries its TLS material: name it, not only its address.
+        env["DOCKER_CONTEXT"] = os.environ["DOCKER_CONTEXT"]
+        if os.environ.get("DOCKER_CONFIG"):
+            env["DOCKER_CONFIG"] = os.environ["DOCKER_CONFIG"]
+    elif found_elsewhere and engine_source != "SANDBOX_BASE_URL":
+        env["DOCKER_HOST"] = str(engine_url)
+    for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+        if os.environ.get(name) and ("DOCKER_HOST" in env or engine_source == "SANDBOX_BASE_URL"):
+            env[name] = os.environ[name]
+    if config is not None:
+        env.update(_changed_settings(config))
+    return env
 
 
 def other_clients(command: str, args: list[str], env: dict[str, str]) -> list[str]:
@@ -364,6 +385,7 @@ def run_doctor(out: Callable[[str], None] = print) -> int:
     doctor.isolation()
     doctor.escapes()
     doctor.image()
+    doctor.host_paths()
     doctor.index()
     doctor.sandbox()
     doctor.claude_config()
@@ -373,6 +395,43 @@ def run_doctor(out: Callable[[str], None] = print) -> int:
     failed = sum(check.passed is False for check in doctor.checks)
     out(f"\n{failed} check(s) failed: fix them in order, then run `omcp_py doctor` again.")
     return 1
+
+
+def host_paths_check(config: SandboxConfig, client: Any, engine_url: str | None) -> Check:
+    """Where installers see PACKAGE_CA_BUNDLE and PACKAGE_WHEELHOUSE: a container on
+    the engine at ``engine_url`` (``client``; None while it or the image is missing)."""
+    named = [
+        f"{name}={value}"
+        for name, value in (
+            ("PACKAGE_CA_BUNDLE", config.package_ca_bundle),
+            ("PACKAGE_WHEELHOUSE", config.package_wheelhouse),
+        )
+        if value
+    ]
+    where = f"on the engine's host ({engine_url})"
+    if client is None:
+        return Check(None, f"{', '.join(named)} {where} (needs the engine and the image)")
+    from omcp_py.installer import Installer
+    from omcp_py.ownership import ROLE, Owner
+
+    fix = (
+        "these are paths on the machine that runs the Docker engine, read by its "
+        "containers (uid 1000): put the file or directory there, readable by all"
+    )
+    try:
+        seen = Installer(client, config).look_at_host_paths(
+            Owner.current().labels() | {ROLE: "installer"}
+        )
+    except Exception as exc:  # the engine refused the mount: the path is not there
+        reason = str(getattr(exc, "explanation", None) or exc)[:300]
+        return Check(False, f"{', '.join(named)} {where}: {reason}", fix)
+    if len(seen) != len(named):
+        seen = ["bad the check printed nothing"] * len(named)
+    pairs = zip(named, seen, strict=True)
+    found = [f"{name} ({line.partition(' ')[2]})" for name, line in pairs]
+    if any(line.startswith("bad") for line in seen):
+        return Check(False, f"{where}: {'; '.join(found)}", fix)
+    return Check(True, f"{', '.join(found)} readable {where}")
 
 
 def _first_cause(exc: BaseException) -> BaseException:

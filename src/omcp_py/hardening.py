@@ -306,6 +306,40 @@ def index_probe_kwargs(
     return _installer(config, labels, command, [], network=network)
 
 
+def host_paths_probe_kwargs(config: SandboxConfig, labels: dict[str, str]) -> dict[str, Any]:
+    """Run arguments of a container that looks at PACKAGE_CA_BUNDLE and
+    PACKAGE_WHEELHOUSE where installers see them: bind mounts, so paths on the
+    engine's host, not this one (``omcp_py doctor``). No network. It prints a line
+    per path: ``ok <what>`` or ``bad <why>``."""
+    command = python_command(
+        _HOST_PATHS_PROBE,
+        CA_BUNDLE if config.package_ca_bundle else "",
+        WHEELHOUSE_DIR if config.package_wheelhouse else "",
+    )
+    kwargs = _installer(config, labels, command, [], network="none")
+    kwargs.pop("dns", None)
+    return kwargs
+
+
+_HOST_PATHS_PROBE = """
+import os, sys
+bundle, house = sys.argv[1], sys.argv[2]
+if bundle:
+    try:
+        with open(bundle, "rb") as f:
+            count = f.read(64 * 1024 * 1024).count(b"BEGIN CERTIFICATE")
+        print("ok %d certificates" % count if count else "bad holds no certificate")
+    except OSError as exc:
+        print("bad", exc.strerror)
+if house:
+    try:
+        names = os.listdir(house)
+        print("ok %d wheels" % sum(n.endswith(".whl") for n in names))
+    except OSError as exc:
+        print("bad", exc.strerror)
+"""
+
+
 # The egress filter holds no state and runs no package code: small fixed limits.
 _FILTER_MEMORY = 96 * 1024**2
 _FILTER_PIDS = 96  # a thread per connection, at most 48 of them

@@ -27,6 +27,7 @@ from omcp_py.errors import EngineError
 from omcp_py.hardening import (
     cache_keeper_kwargs,
     cache_owner_kwargs,
+    host_paths_probe_kwargs,
     index_probe_kwargs,
     installer_run_kwargs,
     volume_owner_kwargs,
@@ -254,6 +255,20 @@ class Installer:
         if code == 0 and last.split(" ", 1)[0] in ("ok", "tls", "net"):
             return last
         return f"failed (exit {code}) {last[:300]}"
+
+    def look_at_host_paths(self, labels: dict[str, str], timeout: float = 40.0) -> list[str]:
+        """What an installer sees at PACKAGE_CA_BUNDLE and PACKAGE_WHEELHOUSE (in that
+        order, those set): ``ok <what>`` or ``bad <why>`` each (``omcp_py doctor``).
+
+        Raises:
+            docker.errors.APIError: the engine refused, e.g. a path it does not have.
+        """
+        kwargs = host_paths_probe_kwargs(self.config, labels)
+        code, output, state = self._run_to_end(kwargs, timeout, lambda: True, lambda: None, Stop())
+        lines = [line for line in output.splitlines() if line.startswith(("ok ", "bad "))]
+        if code != 0 or state.get("timed_out"):
+            return [f"bad the check did not finish (exit {code})"]
+        return [line[:300] for line in lines]
 
     def _run_to_end(
         self,

@@ -254,16 +254,9 @@ class RunnerConnection:
         sock = self._sock
         if sock is None:
             return True
-        try:
-            sock.setblocking(False)
-            try:
-                return sock.recv(1, socket.MSG_PEEK) != b""
-            finally:
-                sock.setblocking(True)
-        except BlockingIOError:
-            return True  # nothing to read: open
-        except OSError:
-            return False
+        if getattr(sock, "pending", lambda: 0)():
+            return True  # TLS has decrypted bytes waiting: open
+        return transport_open(sock)
 
     def close(self) -> None:
         """Drop the connection; the runner keeps running and the next call re-attaches."""
@@ -459,6 +452,29 @@ class RunnerConnection:
         except RunnerGone:
             self.close()
             raise
+
+
+def transport_open(sock: Any) -> bool:
+    """Whether the connection under ``sock`` has not seen its end, without reading.
+
+    Peeks on a duplicate of the file descriptor, so that it works the same for a unix
+    socket, for TCP under TLS (an ``SSLSocket`` refuses recv flags; the bytes peeked
+    are the TLS records, and only the end of the stream matters here), and without
+    changing the socket's blocking mode under a reader in another thread.
+    """
+    try:
+        fd = sock.fileno()
+    except (OSError, AttributeError):
+        return True  # no descriptor to look at (a pipe): the next read will tell
+    if fd < 0:
+        return False  # closed here
+    with socket.socket(fileno=os.dup(fd)) as raw:
+        try:
+            return raw.recv(1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)) != b""
+        except BlockingIOError:
+            return True  # nothing to read: open
+        except OSError:
+            return False
 
 
 def raw_result(reply: dict[str, Any], collected: "_Collected", image_budget: int) -> RawExecution:
