@@ -4,6 +4,7 @@ made here (the docker CLI's conventions: ca.pem, cert.pem, key.pem), an sshd tha
 reaches it (``ssh://``), and Podman's Docker-compatible service."""
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -187,3 +188,42 @@ async def core_scenario(server: Any, engine: Any, wheel: str) -> None:
     short = await server.create(timeout=2)
     idle = container_of(engine, short)
     assert await eventually(lambda: not container_exists(engine, idle.id), 20)
+
+
+@contextlib.contextmanager
+def podman_service(where: Path, images: list[str]) -> Iterator[str]:
+    """Rootful Podman's Docker-compatible API on a unix socket of its own, with its
+    own storage: ``podman system service`` as its documentation starts it."""
+    podman = shutil.which("podman")
+    if podman is None:
+        pytest.fail("podman is needed for this test: .ci/run installs it (apt-get install podman)")
+    store = ["--root", str(where / "root"), "--runroot", str(where / "run")]
+    sock, log = where / "podman.sock", where / "podman.log"
+    # Rootful Podman raises each container's nofile and nproc limits to its own
+    # defaults (a million files), past what this machine lets even root set ("error
+    # setting rlimits"): the documented remedy, containers.conf's default_ulimits.
+    conf = where / "containers.conf"
+    limits = '["nofile=16384:16384", "nproc=16384:16384"]'
+    conf.write_text(f"[containers]\ndefault_ulimits = {limits}\n")
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [podman, *store, "system", "service", "--time=0", f"unix://{sock}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "CONTAINERS_CONF": str(conf)},
+        )
+    try:
+
+        def answers() -> bool:
+            version = ["docker", "-H", f"unix://{sock}", "version"]
+            return subprocess.run(version, capture_output=True).returncode == 0
+
+        _wait("podman system service", answers, process, log, 60)
+        for image in images:
+            copy_image(image, f"unix://{sock}")
+        yield f"unix://{sock}"
+    finally:
+        _stop(process)
+        subprocess.run([podman, *store, "rm", "-af", "-t", "0"], capture_output=True)
+        subprocess.run([podman, *store, "volume", "prune", "-f"], capture_output=True)
+        subprocess.run([podman, *store, "system", "reset", "-f"], capture_output=True)

@@ -20,6 +20,7 @@ from omcp_py.engine import (
     MISSING,
     NETWORK_MISSING,
     Engine,
+    create_container,
     refusal,
 )
 from omcp_py.errors import (
@@ -124,12 +125,12 @@ class Containers:
         with self.engine.errors():
             try:
                 try:
-                    container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
+                    container = create_container(client, name=f"omcp-{sandbox_id}", **kwargs)
                 except docker.errors.ImageNotFound:
                     # Removed from the engine since it was last seen there: fetch it again.
                     self.images.forget(self.config.docker_image)
                     self.images.ensure(client, self.config.docker_image, progress)
-                    container = client.containers.create(name=f"omcp-{sandbox_id}", **kwargs)
+                    container = create_container(client, name=f"omcp-{sandbox_id}", **kwargs)
             except docker.errors.APIError as exc:
                 self.destroy(sandbox_id, "")  # its filter and network, if it has them
                 raise SandboxCreateFailed(

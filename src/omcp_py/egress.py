@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from omcp_py import ownership
 from omcp_py.config import SandboxConfig
+from omcp_py.engine import create_container
 from omcp_py.errors import ConfigError, EngineError, InvalidArgument, IsolationUnavailable
 from omcp_py.hardening import egress_filter_kwargs, own_kernel
 from omcp_py.networks import host_address
@@ -181,7 +182,8 @@ class EgressFilter:
         client = self._client()
         settings = json.dumps(self.settings | {"probe": self._gateway()})
         kwargs = egress_filter_kwargs(self.config, self.labels(), settings)
-        container = client.containers.create(
+        container = create_container(
+            client,
             name=f"{self.network}-filter-{int(time.time() * 1000) % 10**8}",
             **kwargs,
         )

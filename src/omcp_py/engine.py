@@ -12,12 +12,14 @@ import contextlib
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from omcp_py.dialects import DOCKER, adapt, dropped, kind_of
 from omcp_py.docker_host import EngineCandidate, locate
-from omcp_py.errors import DockerUnavailable, EngineError
+from omcp_py.errors import DockerUnavailable, EngineError, IsolationUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +153,46 @@ def connect(where: EngineCandidate, timeout: int) -> Any:
     # proxies) in place of the engine's CA, and send the engine's TCP through
     # HTTPS_PROXY: the engine is reached directly, trusting only its own CA.
     client.api.trust_env = False
-    # What "auto" would have asked in the constructor, asked now that it goes direct.
-    client.api._version = client.api._retrieve_server_version()
+    # What "auto" would have asked in the constructor, asked now that it goes direct;
+    # the same answer says whether the engine is Podman.
+    answer = client.api.version(api_version=False)
+    if not isinstance(answer, dict) or not answer.get("ApiVersion"):
+        raise docker.errors.DockerException("the engine's /version names no API version")
+    client.api._version = str(answer["ApiVersion"])
+    _KINDS[client] = kind_of(answer)
     return client
+
+
+_KINDS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def kind(client: Any) -> str:
+    """``docker`` or ``podman``: which engine this client reached."""
+    return _KINDS.get(client, DOCKER)
+
+
+def create_container(client: Any, **kwargs: Any) -> Any:
+    """Every container the server makes is made here: its run arguments adapted to
+    the engine (``dialects``), and what the engine reports it applied compared with
+    what was asked. A limit it dropped removes the container: no sandbox runs without.
+
+    Raises:
+        IsolationUnavailable: the engine did not apply part of the hardening.
+        docker.errors.APIError: the engine refused.
+    """
+    engine_kind = kind(client)
+    asked = adapt(kwargs, engine_kind)
+    container = client.containers.create(**asked)
+    missing = dropped(asked, container.attrs, engine_kind)
+    if missing:
+        with contextlib.suppress(Exception):  # it never started: removal is tidying
+            container.remove(force=True)
+        raise IsolationUnavailable(
+            f"The {engine_kind} engine created a container without {'; '.join(missing)}: "
+            f"omcp_py runs nothing without its hardening. Use an engine that applies it "
+            f"(rootful, with the cgroup controllers enabled)."
+        )
+    return container
 
 
 _ASKED_LATER = "1.24"  # docker-py's minimum, replaced by the engine's own at once

@@ -22,7 +22,7 @@ from typing import Any
 from omcp_py.cancel import Stop
 from omcp_py.config import SandboxConfig
 from omcp_py.egress import EgressFilter
-from omcp_py.engine import CONFLICT, MISSING, read_timed_out, refusal
+from omcp_py.engine import CONFLICT, MISSING, create_container, read_timed_out, refusal
 from omcp_py.errors import EngineError
 from omcp_py.hardening import (
     cache_keeper_kwargs,
@@ -289,7 +289,7 @@ class Installer:
 
         api = self.client.api
         name = f"omcp-install-{uuid.uuid4().hex[:12]}"
-        container = self.client.containers.create(name=name, **kwargs)
+        container = create_container(self.client, name=name, **kwargs)
         state: dict[str, Any] = {}
         code = -1
         output = ""

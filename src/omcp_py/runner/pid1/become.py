@@ -5,6 +5,7 @@ import builtins
 import io
 import os
 import signal
+import stat
 import sys
 import types
 
@@ -31,6 +32,23 @@ class CODE:
 def status_fields():
     with open("/proc/self/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def open_code_dirs():
+    """Make the code's directory and home writable by the code's user, when the
+    engine did not. Docker mounts them owned by that user (tmpfs uid=); Podman gives
+    a tmpfs mounted over a directory of the image that directory's owner and mode
+    (root, 0755), whatever was asked. PID 1 owns them then, and an owner may chmod
+    with no capability: sticky and open to all, like /tmp, since no one but the
+    code's user ever runs here."""
+    for path in (CODE.dir, os.environ.get("HOME") or ""):
+        try:
+            st = os.lstat(path)
+            mine = st.st_uid == os.getuid() != CODE.uid
+            if path and stat.S_ISDIR(st.st_mode) and mine and not st.st_mode & 0o002:
+                os.chmod(path, 0o1777)
+        except OSError:
+            pass  # not there, or read-only: the code's first write says so
 
 
 def become_code_user():

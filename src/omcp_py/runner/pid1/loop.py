@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 
-from omcp_py.runner.pid1.become import CODE
+from omcp_py.runner.pid1.become import CODE, open_code_dirs
 from omcp_py.runner.pid1.child import child_main, packages_stamp
 from omcp_py.runner.pid1.files import file_request
 from omcp_py.runner.pid1.job import Child, Job
@@ -311,6 +311,7 @@ def main():
     if len(sys.argv) >= 5:
         CODE.preload = tuple(name for name in sys.argv[4].split(",") if name)
     set_dumpable(0)
+    open_code_dirs()
     prepare_seccomp()
     runner = Runner()
     runner.ensure_spare()  # the first run of a new sandbox starts warm too
