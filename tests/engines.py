@@ -227,3 +227,63 @@ def podman_service(where: Path, images: list[str]) -> Iterator[str]:
         subprocess.run([podman, *store, "rm", "-af", "-t", "0"], capture_output=True)
         subprocess.run([podman, *store, "volume", "prune", "-f"], capture_output=True)
         subprocess.run([podman, *store, "system", "reset", "-f"], capture_output=True)
+
+
+@dataclass
+class Sshd:
+    """An sshd on loopback whose sessions reach ``engine`` (its DOCKER_HOST), and an
+    ``ssh`` on ``bin`` that uses this test's key and known hosts, as a user's own
+    ~/.ssh/config would (ssh reads that from the passwd entry's home, not $HOME)."""
+
+    url: str
+    bin: Path
+
+
+@contextlib.contextmanager
+def sshd(where: Path, engine: str) -> Iterator[Sshd]:
+    daemon = Path("/usr/sbin/sshd")
+    if not daemon.exists():
+        pytest.fail("sshd is needed for this test: .ci/run installs openssh-server")
+    where.mkdir(parents=True, exist_ok=True)
+    for key in ("host_key", "user_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(where / key)], check=True
+        )
+    (where / "authorized_keys").write_text((where / "user_key.pub").read_text())
+    port = free_port()
+    Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory
+    (where / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {where / 'host_key'}\n"
+        f"AuthorizedKeysFile {where / 'authorized_keys'}\nPidFile {where / 'sshd.pid'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\n"
+        f"SetEnv DOCKER_HOST={engine}\n"
+    )
+    host_key = (where / "host_key.pub").read_text().split()
+    (where / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    (where / "ssh_config").write_text(
+        f"Host omcp-engine\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
+        f"  IdentityFile {where / 'user_key'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {where / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
+    )
+    bin_dir = where / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {where / "ssh_config"} "$@"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    log = where / "sshd.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(daemon), "-D", "-e", "-f", str(where / "sshd_config")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def answers() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        _wait("sshd", answers, process, log, 30)
+        yield Sshd("ssh://omcp-engine", bin_dir)
+    finally:
+        _stop(process)

@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 from conftest import owned_by, readable_dir, start_server, zip_wheel
-from engines import SecondEngine, core_scenario, second_dockerd
+from engines import SecondEngine, core_scenario, second_dockerd, sshd
 
 pytestmark = pytest.mark.any_runtime  # the second engine has only the default runtime
 
@@ -122,3 +122,25 @@ def test_a_docker_context_names_the_engine_and_doctor_says_how(
     assert proc.returncode == 1, proc.stdout
     assert "FAIL" in proc.stdout and "/srv/omcp-no-such-wheelhouse" in proc.stdout, proc.stdout
     assert "on the engine's host" in proc.stdout and "paths on the machine that runs" in proc.stdout
+
+
+async def test_core_scenario_over_ssh(
+    remote, remote_client, docker_client, sandbox_image, wheelhouse, tmp_path
+) -> None:
+    with sshd(tmp_path / "ssh", remote.socket) as daemon:
+        env = settings(sandbox_image, wheelhouse) | {
+            "DOCKER_HOST": daemon.url,
+            "PATH": f"{daemon.bin}:{os.environ['PATH']}",
+        }
+        async with start_server(env, cwd=tmp_path) as server:
+            await core_scenario(server, remote_client, "omcp-remote")
+            owner = _owner(remote_client, server.marker)
+            assert owned_by(docker_client, owner) == []
+        assert owned_by(remote_client, owner) == []
+        # A key the engine's host does not accept: ssh's own words, and what to do.
+        (tmp_path / "ssh" / "authorized_keys").write_text("")
+        proc = _doctor({"DOCKER_HOST": daemon.url, "PATH": env["PATH"]}, tmp_path)
+        assert proc.returncode == 1, proc.stdout
+        failed = next(line for line in proc.stdout.splitlines() if line.startswith("[FAIL]"))
+        assert failed.startswith(f"[FAIL] Docker engine at {daemon.url} (DOCKER_HOST): ssh: ")
+        assert "Permission denied (publickey)" in failed, failed

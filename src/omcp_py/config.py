@@ -143,7 +143,8 @@ class SandboxConfig(BaseSettings):
     sandbox_base_url: str | None = Field(
         None,
         description=(
-            "Docker engine URL for the sandboxes (unix:///..., tcp://host:2376, npipe://...); "
+            "Docker engine URL for the sandboxes (unix:///..., tcp://host:2376, ssh://user@host, "
+            "npipe://...); "
             "with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the docker CLI uses them; unset: "
             "DOCKER_HOST, then the current docker context, then the usual sockets."
         ),

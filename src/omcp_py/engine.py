@@ -20,6 +20,7 @@ from typing import Any
 from omcp_py.dialects import DOCKER, adapt, dropped, kind_of
 from omcp_py.docker_host import EngineCandidate, locate
 from omcp_py.errors import DockerUnavailable, EngineError, IsolationUnavailable
+from omcp_py.ssh_bridge import SshBridge
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class Engine:
         if client is not None:
             with contextlib.suppress(Exception):  # a dead connection may fail to close
                 client.close()
+            bridge = _BRIDGES.pop(client, None)
+            if bridge is not None:
+                bridge.close()
 
     @contextmanager
     def errors(self) -> Iterator[None]:
@@ -129,40 +133,72 @@ class Engine:
 
 
 def connect(where: EngineCandidate, timeout: int) -> Any:
-    """A docker client for ``where``, with TLS as the docker CLI would use it there."""
+    """A docker client for ``where``, with TLS as the docker CLI would use it there,
+    or through an ssh bridge for ssh://.
+
+    Raises:
+        docker.errors.DockerException: no client, or the engine did not answer.
+    """
     import docker
 
-    if where.source in ("DOCKER_HOST", "SANDBOX_BASE_URL"):
+    bridge = None
+    if where.url.startswith("ssh://"):
+        try:
+            bridge = SshBridge(where.url)
+        except (ValueError, OSError) as exc:
+            raise docker.errors.DockerException(str(exc)) from None
+        client = docker.DockerClient(base_url=bridge.url, version=_ASKED_LATER, timeout=timeout)
+    elif where.source in ("DOCKER_HOST", "SANDBOX_BASE_URL"):
         # The CLI's conventions: DOCKER_TLS_VERIFY and DOCKER_CERT_PATH go with the address.
         environment = {**os.environ, "DOCKER_HOST": where.url}
         client = docker.from_env(version=_ASKED_LATER, timeout=timeout, environment=environment)
     else:
-        tls = None
-        if where.tls_dir is not None and where.url.startswith("tcp://"):
-            files = {name: where.tls_dir / f"{name}.pem" for name in ("ca", "cert", "key")}
-            pair = (str(files["cert"]), str(files["key"]))
-            tls = docker.tls.TLSConfig(
-                client_cert=pair if files["cert"].is_file() and files["key"].is_file() else None,
-                ca_cert=str(files["ca"]) if files["ca"].is_file() else None,
-                verify=where.tls_verify,
-            )
         client = docker.DockerClient(
-            base_url=where.url, version=_ASKED_LATER, timeout=timeout, tls=tls
+            base_url=where.url, version=_ASKED_LATER, timeout=timeout, tls=_context_tls(where)
         )
     # requests would otherwise put REQUESTS_CA_BUNDLE (set behind TLS-intercepting
     # proxies) in place of the engine's CA, and send the engine's TCP through
     # HTTPS_PROXY: the engine is reached directly, trusting only its own CA.
     client.api.trust_env = False
-    # What "auto" would have asked in the constructor, asked now that it goes direct;
-    # the same answer says whether the engine is Podman.
-    answer = client.api.version(api_version=False)
+    try:
+        # What "auto" would have asked in the constructor, asked now that it goes
+        # direct; the same answer says whether the engine is Podman.
+        answer = client.api.version(api_version=False)
+    except Exception as exc:  # requests' errors: the cause is in them (_short)
+        said = bridge.failure() if bridge is not None else ""
+        client.close()
+        if bridge is not None:
+            bridge.close()
+        if said:
+            raise docker.errors.DockerException(f"ssh: {said}") from None
+        raise docker.errors.DockerException(f"no answer to /version: {exc}") from exc
     if not isinstance(answer, dict) or not answer.get("ApiVersion"):
         raise docker.errors.DockerException("the engine's /version names no API version")
     client.api._version = str(answer["ApiVersion"])
     _KINDS[client] = kind_of(answer)
+    if bridge is not None:
+        _BRIDGES[client] = bridge
     return client
 
 
+def _context_tls(where: EngineCandidate) -> Any:
+    """The TLS of a docker context, from the files `docker context create` kept."""
+    import docker
+
+    if where.tls_dir is None or not where.url.startswith("tcp://"):
+        return None
+    files = {name: where.tls_dir / f"{name}.pem" for name in ("ca", "cert", "key")}
+    pair = (str(files["cert"]), str(files["key"]))
+    return docker.tls.TLSConfig(
+        client_cert=pair if files["cert"].is_file() and files["key"].is_file() else None,
+        ca_cert=str(files["ca"]) if files["ca"].is_file() else None,
+        verify=where.tls_verify,
+    )
+
+
+_ASKED_LATER = "1.24"  # docker-py's minimum, replaced by the engine's own at once
+# The ssh bridge of a client, closed with it (Engine.reset) or when it is collected.
+_BRIDGES: "weakref.WeakKeyDictionary[Any, SshBridge]" = weakref.WeakKeyDictionary()
 _KINDS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
@@ -193,9 +229,6 @@ def create_container(client: Any, **kwargs: Any) -> Any:
             f"(rootful, with the cgroup controllers enabled)."
         )
     return container
-
-
-_ASKED_LATER = "1.24"  # docker-py's minimum, replaced by the engine's own at once
 
 
 def read_timed_out(exc: BaseException) -> bool:
