@@ -327,3 +327,73 @@ async def test_both_eras_progress_and_the_body_bound_over_http(
         )
         assert answer.status_code == 413, (answer.status_code, answer.text[:200])
         assert (await modern.run(sid, "print('after')"))["output"] == "after\n"
+
+
+INSPECTOR_2 = "@modelcontextprotocol/inspector@2.12.0"
+
+
+def test_the_inspector_cli_with_tokens_made_by_the_token_command(tmp_path: Path) -> None:
+    """Tokens made as an operator makes them (`omcp_py token new NAME`, which prints
+    the token and adds its line), presented by the MCP Inspector CLI's --header."""
+    npx = shutil.which("npx")
+    assert npx, "npx (Node.js) is needed for the MCP Inspector test"
+    tokens = tmp_path / "tokens"
+    tokens.write_text("")
+    made = {}
+    for name in ("carol", "dave"):
+        done = subprocess.run(
+            [sys.executable, "-m", "omcp_py", "token", "new", name],
+            env={**os.environ, "AUTH_TOKENS_FILE": str(tokens)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        made[name] = done.stdout.strip()
+        assert f"added {name} to {tokens}" in done.stderr
+    assert [line.partition(":")[0] for line in tokens.read_text().split()] == ["carol", "dave"]
+    with _serving(tmp_path, SANDBOX_POOL_SIZE="0") as server:
+
+        def call(token: str | None, *args: str) -> subprocess.CompletedProcess:
+            # --header came with the Inspector's 2.x CLI (0.x had none).
+            command = [npx, "-y", INSPECTOR_2, "--cli", server.url]
+            command += ["--transport", "http"]
+            if token:
+                command += ["--header", f"Authorization: Bearer {token}"]
+            return subprocess.run(
+                [*command, "--method", *args],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+
+        def answer(token: str, *args: str) -> dict:
+            done = call(token, *args)
+            # The 2.x CLI exits 5 for a tool result with isError, and prints it.
+            assert done.returncode in (0, 5), done.stderr
+            return json.loads(done.stdout)
+
+        created = answer(made["carol"], "tools/call", "--tool-name", "create_sandbox")
+        sid = created["structuredContent"]["sandbox_id"]
+        listed = answer(made["carol"], "tools/call", "--tool-name", "list_sandboxes")
+        assert [s["id"] for s in listed["structuredContent"]["sandboxes"]] == [sid]
+        # Dave, through the same Inspector, neither sees nor runs in Carol's sandbox.
+        his = answer(made["dave"], "tools/call", "--tool-name", "list_sandboxes")
+        assert his["structuredContent"]["count"] == 0, his
+        run = [
+            "tools/call",
+            "--tool-name",
+            "execute_python_code",
+            "--tool-arg",
+            f"sandbox_id={sid}",
+        ]
+        refused = answer(made["dave"], *run, "code=print(1)")
+        assert refused["isError"] is True and "No sandbox" in json.dumps(refused["content"])
+        ran = answer(made["carol"], *run, "code=print(6*7)")
+        assert ran["isError"] is False and "42" in json.dumps(ran["content"]), ran
+        # Without a token the Inspector is turned away: it reads the 401's challenge
+        # and would start OAuth, which needs a person at a terminal.
+        turned_away = call(None, "tools/list")
+        assert turned_away.returncode != 0
+        assert '"code":"auth_required"' in turned_away.stderr, turned_away.stderr[-2000:]
