@@ -100,7 +100,7 @@ def check_figures(images: Any, left_out: Any, budget: int) -> CheckedFigures:
     checked = CheckedFigures()
     try:
         checked.left_out = max(0, min(int(left_out or 0), 10**6))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # JSON allows Infinity
         checked.left_out = 0
     if not isinstance(images, list):
         if images:

@@ -164,6 +164,8 @@ def connect(where: EngineCandidate, timeout: int) -> Any:
         # What "auto" would have asked in the constructor, asked now that it goes
         # direct; the same answer says whether the engine is Podman.
         answer = client.api.version(api_version=False)
+        if not isinstance(answer, dict) or not answer.get("ApiVersion"):
+            raise docker.errors.DockerException("the engine's /version names no API version")
     except Exception as exc:  # requests' errors: the cause is in them (_short)
         said = bridge.failure() if bridge is not None else ""
         client.close()
@@ -171,9 +173,9 @@ def connect(where: EngineCandidate, timeout: int) -> Any:
             bridge.close()
         if said:
             raise docker.errors.DockerException(f"ssh: {said}") from None
+        if isinstance(exc, docker.errors.DockerException):
+            raise
         raise docker.errors.DockerException(f"no answer to /version: {exc}") from exc
-    if not isinstance(answer, dict) or not answer.get("ApiVersion"):
-        raise docker.errors.DockerException("the engine's /version names no API version")
     client.api._version = str(answer["ApiVersion"])
     _KINDS[client] = kind_of(answer)
     if bridge is not None:
