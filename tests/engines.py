@@ -99,6 +99,15 @@ class SecondEngine:
 
 # Its own bridge: the second engine must never take or remove the local engine's docker0.
 BRIDGE = "omcp-br2"
+_SUBNET = "10.231.0.0/24"
+_OUT_RULES = [
+    f"-t nat -A POSTROUTING -s {_SUBNET} ! -o {BRIDGE} -j MASQUERADE",
+    f"-A FORWARD -i {BRIDGE} ! -o {BRIDGE} -j ACCEPT",
+    f"-A FORWARD -o {BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    # Traffic within one bridge (its internal egress network's, br-*): Docker's own
+    # rules accept that for the networks it manages (no network here disables ICC).
+    "-A FORWARD -m physdev --physdev-is-bridged -j ACCEPT",
+]
 
 
 @contextlib.contextmanager
@@ -110,6 +119,10 @@ def second_dockerd(where: Path, images: list[str]) -> Iterator[SecondEngine]:
     subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], capture_output=True)
     subprocess.run(["ip", "addr", "add", "10.231.0.1/24", "dev", BRIDGE], capture_output=True)
     subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+    # Its own iptables rules would share chains with the local engine's: it runs with
+    # --iptables=false, and the way out (NAT, forwarding) is given here, by hand.
+    for rule in _OUT_RULES:
+        subprocess.run(["iptables", *rule.replace("-A", "-I", 1).split()], check=True)
     port, sock = free_port(), where / "docker.sock"
     log = where / "dockerd.log"
     tls = where / "certs"
@@ -141,6 +154,8 @@ def second_dockerd(where: Path, images: list[str]) -> Iterator[SecondEngine]:
             shell=True, capture_output=True,
         )  # fmt: skip
         _stop(process)
+        for rule in _OUT_RULES:
+            subprocess.run(["iptables", *rule.replace("-A", "-D", 1).split()], capture_output=True)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
         shutil.rmtree(where / "data", ignore_errors=True)
 

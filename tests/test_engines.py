@@ -11,7 +11,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import owned_by, readable_dir, start_server, zip_wheel
+from conftest import ca_bundle, container_of, owned_by, readable_dir, start_server, zip_wheel
 from engines import SecondEngine, core_scenario, second_dockerd, sshd
 
 pytestmark = pytest.mark.any_runtime  # the second engine has only the default runtime
@@ -144,3 +144,29 @@ async def test_core_scenario_over_ssh(
         failed = next(line for line in proc.stdout.splitlines() if line.startswith("[FAIL]"))
         assert failed.startswith(f"[FAIL] Docker engine at {daemon.url} (DOCKER_HOST): ssh: ")
         assert "Permission denied (publickey)" in failed, failed
+
+
+async def test_an_install_from_the_index_on_the_remote_engine(
+    remote, remote_client, sandbox_image, tmp_path
+) -> None:
+    """pip through the egress filter, both made on the remote engine, with the CA
+    bundle the engine's host has (this machine's TLS-intercepting proxy)."""
+    bundle = ca_bundle()
+    env = remote.tls_env() | {"DOCKER_IMAGE": sandbox_image, "SANDBOX_POOL_SIZE": "0"}
+    if bundle is not None:
+        env["PACKAGE_CA_BUNDLE"] = str(bundle)
+    proc = _doctor(env, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the installer reaches the package index https://pypi.org/simple/" in proc.stdout
+    if bundle is not None:
+        seen = f"PACKAGE_CA_BUNDLE={bundle} ("
+        assert seen in proc.stdout and "certificates) readable on the engine's host" in proc.stdout
+    async with start_server(env, cwd=tmp_path) as server:
+        sandbox = await server.create()
+        installed = await server.call("install_package", {"sandbox_id": sandbox, "package": "six"})
+        assert installed["success"] is True, installed
+        assert [name.split("==")[0].lower() for name in installed["installed"]] == ["six"]
+        used = await server.run(sandbox, "import six; print(six.__file__.startswith('/opt/omcp'))")
+        assert used["output"] == "True\n", used
+        # The installer and its filter ran on the remote engine, not here.
+        assert container_of(remote_client, sandbox).status == "running"
