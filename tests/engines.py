@@ -60,6 +60,12 @@ def _wait(what: str, ready, process: subprocess.Popen, log: Path, seconds: float
     raise AssertionError(f"{what} did not start in {seconds} s: {log.read_text()[-3000:]}")
 
 
+def _answers(sock: Path) -> bool:
+    """Whether the engine on that socket answers `docker version`."""
+    version = ["docker", "-H", f"unix://{sock}", "version"]
+    return subprocess.run(version, capture_output=True).returncode == 0
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
@@ -139,12 +145,7 @@ def second_dockerd(where: Path, images: list[str]) -> Iterator[SecondEngine]:
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-
-        def answers() -> bool:
-            version = ["docker", "-H", f"unix://{sock}", "version"]
-            return subprocess.run(version, capture_output=True).returncode == 0
-
-        _wait("the second dockerd", answers, process, log, 60)
+        _wait("the second dockerd", lambda: _answers(sock), process, log, 60)
         for image in images:
             copy_image(image, f"unix://{sock}")
         yield SecondEngine(f"unix://{sock}", f"tcp://127.0.0.1:{port}", certs)
@@ -158,6 +159,27 @@ def second_dockerd(where: Path, images: list[str]) -> Iterator[SecondEngine]:
             subprocess.run(["iptables", *rule.replace("-A", "-D", 1).split()], capture_output=True)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
         shutil.rmtree(where / "data", ignore_errors=True)
+
+
+def wheel_house(where: Path) -> Path:
+    """A wheelhouse of one wheel, omcp-remote 1.0 (VALUE = 42), for the core scenario."""
+    from conftest import readable_dir, zip_wheel
+
+    house = readable_dir(where / "wheels")
+    name, data = zip_wheel("omcp_remote", "1.0", {"omcp_remote.py": "VALUE = 42\n"})
+    (house / name).write_bytes(data)
+    (house / name).chmod(0o644)
+    return house
+
+
+def core_settings(image: str, wheelhouse: Path) -> dict[str, str]:
+    """The settings the core scenario runs under, on any engine."""
+    return {
+        "DOCKER_IMAGE": image,
+        "SANDBOX_POOL_SIZE": "1",
+        "REAPER_INTERVAL": "1",
+        "PACKAGE_WHEELHOUSE": str(wheelhouse),
+    }
 
 
 FIGURE = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]); plt.show()\nprint('drawn')\n"
@@ -228,12 +250,7 @@ def podman_service(where: Path, images: list[str]) -> Iterator[str]:
             env={**os.environ, "CONTAINERS_CONF": str(conf)},
         )
     try:
-
-        def answers() -> bool:
-            version = ["docker", "-H", f"unix://{sock}", "version"]
-            return subprocess.run(version, capture_output=True).returncode == 0
-
-        _wait("podman system service", answers, process, log, 60)
+        _wait("podman system service", lambda: _answers(sock), process, log, 60)
         for image in images:
             copy_image(image, f"unix://{sock}")
         yield f"unix://{sock}"

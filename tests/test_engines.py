@@ -11,8 +11,8 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import ca_bundle, container_of, owned_by, readable_dir, start_server, zip_wheel
-from engines import SecondEngine, core_scenario, second_dockerd, sshd
+from conftest import ca_bundle, container_of, owned_by, start_server
+from engines import SecondEngine, core_scenario, core_settings, second_dockerd, sshd, wheel_house
 
 pytestmark = pytest.mark.any_runtime  # the second engine has only the default runtime
 
@@ -32,26 +32,13 @@ def remote_client(remote: SecondEngine) -> Iterator[docker.DockerClient]:
 
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    house = readable_dir(tmp_path_factory.mktemp("house") / "wheels")
-    name, data = zip_wheel("omcp_remote", "1.0", {"omcp_remote.py": "VALUE = 42\n"})
-    (house / name).write_bytes(data)
-    (house / name).chmod(0o644)
-    return house
-
-
-def settings(sandbox_image: str, wheelhouse: Path) -> dict[str, str]:
-    return {
-        "DOCKER_IMAGE": sandbox_image,
-        "SANDBOX_POOL_SIZE": "1",
-        "REAPER_INTERVAL": "1",
-        "PACKAGE_WHEELHOUSE": str(wheelhouse),
-    }
+    return wheel_house(tmp_path_factory.mktemp("house"))
 
 
 async def test_core_scenario_over_tls(
     remote, remote_client, docker_client, sandbox_image, wheelhouse, tmp_path
 ) -> None:
-    env = settings(sandbox_image, wheelhouse) | remote.tls_env()
+    env = core_settings(sandbox_image, wheelhouse) | remote.tls_env()
     async with start_server(env, cwd=tmp_path) as server:
         await core_scenario(server, remote_client, "omcp-remote")
         owner = _owner(remote_client, server.marker)
@@ -128,7 +115,7 @@ async def test_core_scenario_over_ssh(
     remote, remote_client, docker_client, sandbox_image, wheelhouse, tmp_path
 ) -> None:
     with sshd(tmp_path / "ssh", remote.socket) as daemon:
-        env = settings(sandbox_image, wheelhouse) | {
+        env = core_settings(sandbox_image, wheelhouse) | {
             "DOCKER_HOST": daemon.url,
             "PATH": f"{daemon.bin}:{os.environ['PATH']}",
         }

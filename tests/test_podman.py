@@ -9,8 +9,8 @@ from typing import Any
 
 import docker
 import pytest
-from conftest import IMAGE, Case, Held, Server, readable_dir, start_server, zip_wheel
-from engines import core_scenario, podman_service
+from conftest import IMAGE, Case, Held, Server, start_server
+from engines import core_scenario, core_settings, podman_service, wheel_house
 
 pytestmark = pytest.mark.any_runtime  # Podman runs its own runtime (runc here)
 
@@ -30,21 +30,11 @@ def podman_client(podman: str) -> Iterator[docker.DockerClient]:
 
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    house = readable_dir(tmp_path_factory.mktemp("house") / "wheels")
-    name, data = zip_wheel("omcp_remote", "1.0", {"omcp_remote.py": "VALUE = 42\n"})
-    (house / name).write_bytes(data)
-    (house / name).chmod(0o644)
-    return house
+    return wheel_house(tmp_path_factory.mktemp("house"))
 
 
 async def test_core_scenario_on_podman(podman, podman_client, sandbox_image, wheelhouse, tmp_path):
-    env = {
-        "DOCKER_HOST": podman,
-        "DOCKER_IMAGE": sandbox_image,
-        "SANDBOX_POOL_SIZE": "1",
-        "REAPER_INTERVAL": "1",
-        "PACKAGE_WHEELHOUSE": str(wheelhouse),
-    }
+    env = core_settings(sandbox_image, wheelhouse) | {"DOCKER_HOST": podman}
     async with start_server(env, cwd=tmp_path) as server:
         await core_scenario(server, podman_client, "omcp-remote")
 
