@@ -8,6 +8,7 @@ kills it costs the next runs time, never their answer or their freshness."""
 import asyncio
 from pathlib import Path
 
+import pytest
 from conftest import readable_dir, start_server, zip_wheel
 
 SEEDED = "0.417022004702574"  # np.random.seed(1); np.random.rand()
@@ -63,6 +64,9 @@ async def test_preloaded_runs_start_fresh(sandbox_image: str, tmp_path: Path) ->
         assert new["output"] == "99.0\n", new  # not the preloaded one
 
 
+# The default is the server's decision from the image; what a zygote does under gVisor
+# is checked by the tests around this one.
+@pytest.mark.any_runtime
 async def test_the_data_stack_is_preloaded_by_default_where_the_image_has_it(
     sandbox_image: str, tmp_path: Path
 ) -> None:

@@ -122,6 +122,10 @@ async def test_three_figures_come_back_as_images_in_order(sandbox_image: str, tm
         assert "2 figure(s) left out (more than 20 figures in one run)" in said, said
 
 
+# Scaling and the budget are decided by PID 1 and the host, whatever kernel draws the
+# figure: under gVisor they cost 42 s of CI's second leg, where the three figures
+# above prove figures themselves work.
+@pytest.mark.any_runtime
 async def test_a_huge_figure_is_scaled_to_fit(sandbox_image: str, tmp_path: Path) -> None:
     code = (
         "import matplotlib.pyplot as plt, numpy as np\n"
@@ -144,6 +148,7 @@ async def test_a_huge_figure_is_scaled_to_fit(sandbox_image: str, tmp_path: Path
     )
 
 
+@pytest.mark.any_runtime  # see above
 async def test_figures_past_the_budget_are_left_out_and_said_so(
     sandbox_image: str, tmp_path: Path
 ) -> None:
