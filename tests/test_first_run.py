@@ -24,6 +24,7 @@ from conftest import (
     start_server,
     tls_index,
 )
+from engines import free_port
 from mcp.client.stdio import StdioServerParameters
 
 from omcp_py.docker_host import candidates, current_context
@@ -274,18 +275,12 @@ def test_cli_help_and_version() -> None:
 # -- an image that is not on the engine yet -------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def registry_image(tmp_path: Path, docker_client: docker.DockerClient):
     """An image that lives only in a local registry (no registry is reachable here):
     the base image plus a 48 MB layer of its own, so the pull has something to fetch."""
     registry = needs("docker-registry", "apt install docker-registry (the CI script does)")
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n"

@@ -6,7 +6,6 @@ without tokens refuses to start; Host headers are checked."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ import anyio
 import httpx2
 import pytest
 from conftest import MARKER_VAR, Server, http_session, wait_for_http
+from engines import free_port
 
 from omcp_py.auth import new_token, token_hash
 
 pytestmark = pytest.mark.any_runtime  # the transport and its checks are host-side
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class HttpServer:
@@ -61,7 +55,7 @@ def tokens(tmp_path: Path) -> dict[str, str]:
 
 @contextmanager
 def _serving(tmp_path: Path, **settings: str) -> Iterator[HttpServer]:
-    port = _free_port()
+    port = free_port()
     marker = os.urandom(8).hex()
     env = {
         "AUTH_TOKENS_FILE": str(tmp_path / "tokens"),
@@ -194,7 +188,7 @@ def test_a_host_header_of_another_name_is_refused(
 
 
 def test_a_public_bind_without_tokens_refuses_to_start() -> None:
-    proc = _start({"AUTH_TOKENS_FILE": ""}, "--host", "0.0.0.0", "--port", str(_free_port()))
+    proc = _start({"AUTH_TOKENS_FILE": ""}, "--host", "0.0.0.0", "--port", str(free_port()))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert "refusing to serve on 0.0.0.0" in err and "AUTH_TOKENS_FILE" in err, err
@@ -203,7 +197,7 @@ def test_a_public_bind_without_tokens_refuses_to_start() -> None:
 def test_the_inspector_cli_drives_a_loopback_server_without_tokens(tmp_path: Path) -> None:
     npx = shutil.which("npx")
     assert npx, "npx (Node.js) is needed for the MCP Inspector test"
-    port = _free_port()
+    port = free_port()
     proc = _start({"AUTH_TOKENS_FILE": "", "SANDBOX_POOL_SIZE": "0"}, "--port", str(port))
     base = f"http://127.0.0.1:{port}"
     try:
